@@ -1,0 +1,279 @@
+"""Typed config schemas, registered with Hydra's ConfigStore.
+
+Each YAML file in ``configs/<group>/`` extends one of these schemas (its defaults list names the schema),
+so an unknown key or a value of the wrong type is rejected when the config is composed. Objects are
+built from the ``_target_`` fields with ``hydra.utils.instantiate``; robopol's core reaches ``robopol.sim``
+and ``robopol.real`` only through such targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+# ---------------------------------------------------------------------------------------------- groups
+
+
+@dataclass
+class TaskConfig:
+    """A simulated task: how to build its batched environment and its expert."""
+
+    name: str = MISSING
+    """Short task name, used in run directory names and checked when a checkpoint is evaluated."""
+    _target_: str = MISSING
+    """Batched-env class or factory (called with ``num_envs`` and ``seed``)."""
+    max_episode_steps: int = 100
+    """Steps before an episode is truncated."""
+
+
+@dataclass
+class PointReachTaskConfig(TaskConfig):
+    """The built-in 2-D point-mass reaching task (numpy only; for smoke tests and the quick demo)."""
+
+    name: str = "point_reach"
+    _target_: str = "robopol.sim.toy.PointReachEnv"
+    max_episode_steps: int = 50
+    goal_tolerance: float = 0.05
+    """Distance to the goal that counts as success."""
+    max_speed: float = 0.1
+    """Distance moved per step at a full-scale action."""
+
+
+@dataclass
+class PolicyConfig:
+    """A policy: backbone plus head, predicting action chunks from an observation history."""
+
+    name: str = MISSING
+    """Short policy name, used in run directory names."""
+    _target_: str = MISSING
+    """Policy class, called with this config's fields plus the data shapes."""
+    obs_steps: int = 1
+    """Observation history length To."""
+    horizon: int = 8
+    """Predicted action-chunk length H."""
+    action_steps: int = 4
+    """Executed steps per chunk Ta (at most H)."""
+
+
+@dataclass
+class MLPPolicyConfig(PolicyConfig):
+    """Deterministic MLP regressor of the action chunk (mean-squared error): the simplest baseline."""
+
+    name: str = "mlp"
+    _target_: str = "robopol.policies.mlp.MLPPolicy"
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    """Widths of the hidden layers."""
+    layer_norm: bool = False
+    """LayerNorm after each hidden linear layer."""
+    residual: bool = False
+    """Residual connections between hidden layers of equal width."""
+
+
+@dataclass
+class AlgoConfig:
+    """A learning algorithm: what one update step does with a batch."""
+
+    name: str = MISSING
+    """Short algorithm name, used in run directory names."""
+    _target_: str = MISSING
+    """Algorithm class, called with the policy and this config."""
+
+
+@dataclass
+class BCConfig(AlgoConfig):
+    """Behaviour cloning: minimise the policy's imitation loss on dataset windows."""
+
+    name: str = "bc"
+    _target_: str = "robopol.algos.bc.BC"
+    lr: float = 1e-3
+    """Peak AdamW learning rate."""
+    weight_decay: float = 1e-6
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps before the cosine decay."""
+    ema_decay: float = 0.0
+    """Decay of the exponential moving average of the weights used for evaluation; 0 disables EMA."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value; 0 disables clipping."""
+
+
+@dataclass
+class RobotConfig:
+    """A robot profile: driver, rates and limits used by the control loop and the safety filter."""
+
+    name: str = MISSING
+    """Robot profile name."""
+    driver: str = MISSING
+    """Driver class implementing the robot driver protocol."""
+    control_rate_hz: float = 500.0
+    """Servo loop rate."""
+    joint_names: list[str] = field(default_factory=list)
+    """Joint names in command order."""
+    joint_lower: list[float] = field(default_factory=list)
+    """Lower joint position limits (rad)."""
+    joint_upper: list[float] = field(default_factory=list)
+    """Upper joint position limits (rad)."""
+    max_joint_velocity: list[float] = field(default_factory=list)
+    """Per-joint velocity limits (rad/s)."""
+    limit_margin: float = 0.05
+    """Safety margin kept inside the joint limits (rad)."""
+
+
+# ------------------------------------------------------------------------------------- command parts
+
+
+@dataclass
+class TrainerConfig:
+    """The optimisation loop shared by all algorithms."""
+
+    steps: int = 2000
+    """Total gradient steps."""
+    batch_size: int = 256
+    """Windows per gradient step."""
+    val_fraction: float = 0.05
+    """Share of episodes held out for validation loss."""
+    log_every: int = 50
+    """Steps between metric records."""
+    ckpt_every: int = 1000
+    """Steps between checkpoints (the last step is always saved)."""
+    eval_every: int = 0
+    """Steps between evaluations in simulation; 0 evaluates only at the end."""
+    eval_episodes: int = 50
+    """Episodes per evaluation."""
+    num_threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+# ------------------------------------------------------------------------------------- commands
+
+
+@dataclass
+class TrainCommand:
+    """``robopol train``: fit a policy on an episode store."""
+
+    task: Any = MISSING
+    policy: Any = MISSING
+    algo: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: str = ""
+    """Episode store path or URL; empty collects expert demonstrations for the task first."""
+    demos: int = 100
+    """Expert episodes to collect when ``data`` is empty."""
+    seed: int = 0
+    """Seed for everything random in the run."""
+    device: str = "cpu"
+    """torch device (cpu, cuda, cuda:1, ...)."""
+    resume: str = ""
+    """Run directory to continue from its latest checkpoint."""
+
+
+@dataclass
+class EvalCommand:
+    """``robopol eval``: roll a checkpoint out in simulation."""
+
+    ckpt: str = MISSING
+    """Run directory or checkpoint directory."""
+    episodes: int = 100
+    """Episodes to run."""
+    num_envs: int = 10
+    """Environments stepped together."""
+    seed: int = 1000
+    """Seed of the first episode."""
+    device: str = "cpu"
+    """torch device."""
+    out: str = ""
+    """Where to write the JSON summary; empty writes into the checkpoint's run directory."""
+
+
+@dataclass
+class CollectCommand:
+    """``robopol collect``: run a scripted expert and write episodes into a store."""
+
+    task: Any = MISSING
+    episodes: int = 100
+    """Episodes to collect."""
+    out: str = MISSING
+    """Episode store path or URL (appended to if it exists)."""
+    noise: float = 0.0
+    """Std of Gaussian noise added to the expert's actions (quality knob)."""
+    seed: int = 0
+    """Seed of the first episode."""
+
+
+@dataclass
+class DataCommand:
+    """``robopol data ACTION PATH...``: inspect, validate and convert episode stores."""
+
+    action: str = MISSING
+    """One of: validate, info, convert."""
+    paths: list[str] = field(default_factory=list)
+    """Store paths or URLs the action works on."""
+    plot: bool = False
+    """Also write a PNG plot (info)."""
+    format: str = ""
+    """Source format for convert; empty guesses it from the path."""
+
+
+@dataclass
+class BenchCommand:
+    """``robopol bench SUITE``: measure speed, print a table, write JSON."""
+
+    suite: str = MISSING
+    """What to benchmark (data, ...)."""
+    out_dir: str = "runs/bench"
+    """Where the JSON results go."""
+    quick: bool = False
+    """Smaller sizes, for a smoke run."""
+
+
+@dataclass
+class DeployCommand:
+    """``robopol deploy``: run a checkpoint on a robot through the real-time control loop."""
+
+    robot: Any = MISSING
+    ckpt: str = ""
+    """Run directory or checkpoint directory."""
+    record: str = ""
+    """Episode store to record every step into; empty records nothing."""
+
+
+@dataclass
+class DemoCommand(TrainCommand):
+    """``robopol demo``: collect demonstrations, train, evaluate and report, with no flags needed."""
+
+    eval_episodes: int = 100
+    """Episodes in the final evaluation."""
+
+
+COMMANDS: dict[str, type] = {
+    "train": TrainCommand,
+    "eval": EvalCommand,
+    "collect": CollectCommand,
+    "data": DataCommand,
+    "bench": BenchCommand,
+    "deploy": DeployCommand,
+    "demo": DemoCommand,
+}
+
+# Group YAML files extend these with ``- /schemas/<group>/<name>@_here_`` in their defaults list.
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "task": {"point_reach": PointReachTaskConfig},
+    "policy": {"mlp": MLPPolicyConfig},
+    "algo": {"bc": BCConfig},
+    "robot": {"robot": RobotConfig},
+}
+
+
+def register_configs() -> None:
+    """Put every schema into Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    for command, schema in COMMANDS.items():
+        store.store(name=f"{command}_schema", node=schema)
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, schema in schemas.items():
+            store.store(group=f"schemas/{group}", name=name, node=schema)

@@ -1,0 +1,1 @@
+"""Simulators: batched env backends, scripted experts, collection, rendering (imports as robopol.sim)."""
