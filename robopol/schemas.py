@@ -25,21 +25,10 @@ class TaskConfig:
     """Short task name, used in run directory names and checked when a checkpoint is evaluated."""
     _target_: str = MISSING
     """Batched-env class or factory (called with ``num_envs`` and ``seed``)."""
+    expert: str = ""
+    """Scripted expert class (called with ``env``, ``noise`` and ``seed``); empty if the task has none."""
     max_episode_steps: int = 100
     """Steps before an episode is truncated."""
-
-
-@dataclass
-class PointReachTaskConfig(TaskConfig):
-    """The built-in 2-D point-mass reaching task (numpy only; for smoke tests and the quick demo)."""
-
-    name: str = "point_reach"
-    _target_: str = "robopol.sim.toy.PointReachEnv"
-    max_episode_steps: int = 50
-    goal_tolerance: float = 0.05
-    """Distance to the goal that counts as success."""
-    max_speed: float = 0.1
-    """Distance moved per step at a full-scale action."""
 
 
 @dataclass
@@ -56,20 +45,6 @@ class PolicyConfig:
     """Predicted action-chunk length H."""
     action_steps: int = 4
     """Executed steps per chunk Ta (at most H)."""
-
-
-@dataclass
-class MLPPolicyConfig(PolicyConfig):
-    """Deterministic MLP regressor of the action chunk (mean-squared error): the simplest baseline."""
-
-    name: str = "mlp"
-    _target_: str = "robopol.policies.mlp.MLPPolicy"
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
-    """Widths of the hidden layers."""
-    layer_norm: bool = False
-    """LayerNorm after each hidden linear layer."""
-    residual: bool = False
-    """Residual connections between hidden layers of equal width."""
 
 
 @dataclass
@@ -130,7 +105,9 @@ class TrainerConfig:
     """The optimisation loop shared by all algorithms."""
 
     steps: int = 2000
-    """Total gradient steps."""
+    """Total gradient steps (the learning-rate schedule spans them)."""
+    stop_after: int = 0
+    """End this invocation after this step and checkpoint it (0: run to ``steps``); ``resume=`` continues."""
     batch_size: int = 256
     """Windows per gradient step."""
     val_fraction: float = 0.05
@@ -178,6 +155,8 @@ class EvalCommand:
 
     ckpt: str = MISSING
     """Run directory or checkpoint directory."""
+    task: Any = None
+    """Task to evaluate on; default: the task the checkpoint was trained on."""
     episodes: int = 100
     """Episodes to run."""
     num_envs: int = 10
@@ -195,28 +174,42 @@ class CollectCommand:
     """``robopol collect``: run a scripted expert and write episodes into a store."""
 
     task: Any = MISSING
+    expert: str = ""
+    """Expert variant of the task (e.g. plan or markov oracles); empty picks the task's default."""
     episodes: int = 100
     """Episodes to collect."""
     out: str = MISSING
-    """Episode store path or URL (appended to if it exists)."""
+    """Episode store path or URL (appended to if it exists; seeds continue where it stopped)."""
     noise: float = 0.0
     """Std of Gaussian noise added to the expert's actions (quality knob)."""
+    random_fraction: float = 0.0
+    """Share of episodes driven by uniformly random actions instead of the expert (quality knob)."""
+    num_workers: int = 2
+    """Worker processes stepping environments; 0 steps them in this process."""
     seed: int = 0
     """Seed of the first episode."""
 
 
 @dataclass
 class DataCommand:
-    """``robopol data ACTION PATH...``: inspect, validate and convert episode stores."""
+    """``robopol data ACTION PATH...``: inspect, validate, convert and replay episode stores."""
 
     action: str = MISSING
-    """One of: validate, info, convert."""
+    """One of: validate, info, convert, replay."""
     paths: list[str] = field(default_factory=list)
-    """Store paths or URLs the action works on."""
+    """Store paths or URLs the action works on (convert: SOURCE DESTINATION)."""
+    task: Any = None
+    """Task whose simulator replays the episodes (replay only)."""
     plot: bool = False
     """Also write a PNG plot (info)."""
+    out: str = ""
+    """Output file: the PNG of ``info --plot`` (default ``<store name>_info.png`` here) or replay's MP4 folder."""
     format: str = ""
-    """Source format for convert; empty guesses it from the path."""
+    """Source format for convert (ogbench, robomimic, lerobot, minari, zarr); empty guesses it from the path."""
+    overwrite: bool = False
+    """convert: replace an existing destination store."""
+    episodes: list[int] = field(default_factory=list)
+    """replay: episode indices to replay; empty replays all."""
 
 
 @dataclass
@@ -246,9 +239,6 @@ class DeployCommand:
 class DemoCommand(TrainCommand):
     """``robopol demo``: collect demonstrations, train, evaluate and report, with no flags needed."""
 
-    eval_episodes: int = 100
-    """Episodes in the final evaluation."""
-
 
 COMMANDS: dict[str, type] = {
     "train": TrainCommand,
@@ -260,13 +250,20 @@ COMMANDS: dict[str, type] = {
     "demo": DemoCommand,
 }
 
-# Group YAML files extend these with ``- /schemas/<group>/<name>@_here_`` in their defaults list.
-GROUP_SCHEMAS: dict[str, dict[str, type]] = {
-    "task": {"point_reach": PointReachTaskConfig},
-    "policy": {"mlp": MLPPolicyConfig},
-    "algo": {"bc": BCConfig},
-    "robot": {"robot": RobotConfig},
-}
+def group_schemas() -> dict[str, dict[str, type]]:
+    """Schemas of the group options, by group; task and policy schemas live beside their code.
+
+    Group YAML files extend these with ``- /schemas/<group>/<name>@_here_`` in their defaults list.
+    """
+    from robopol.policies.configs import POLICY_SCHEMAS
+    from robopol.tasks import TASK_SCHEMAS
+
+    return {
+        "task": TASK_SCHEMAS,
+        "policy": POLICY_SCHEMAS,
+        "algo": {"bc": BCConfig},
+        "robot": {"robot": RobotConfig},
+    }
 
 
 def register_configs() -> None:
@@ -274,6 +271,6 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for command, schema in COMMANDS.items():
         store.store(name=f"{command}_schema", node=schema)
-    for group, schemas in GROUP_SCHEMAS.items():
+    for group, schemas in group_schemas().items():
         for name, schema in schemas.items():
             store.store(group=f"schemas/{group}", name=name, node=schema)

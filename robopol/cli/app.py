@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from robopol.errors import ConfigError, RobopolError
 from robopol.schemas import register_configs
+from robopol.train.run import RUN_OVERRIDES
 
 CONFIG_MODULE = "robopol.configs"
 
@@ -47,21 +48,26 @@ def split_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def resume_overrides(overrides: list[str]) -> list[str]:
-    """With ``resume=RUN_DIR``, replay the original run's overrides (new ones win) inside RUN_DIR."""
+    """With ``resume=RUN_DIR``, replay the run's recorded overrides (new ones win) inside RUN_DIR.
+
+    The record is ``RUN_DIR/overrides.yaml``, which the trainer rewrites only once a run (or a resume) has
+    loaded successfully, so a failed resume attempt never changes what the next one replays. Hydra's own
+    ``.hydra/`` record of the original invocation is left untouched.
+    """
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if not resume or not resume[-1]:
         return overrides
     run_dir = Path(resume[-1])
-    saved = run_dir / ".hydra" / "overrides.yaml"
+    saved = run_dir / RUN_OVERRIDES
     if not saved.is_file():
         raise ConfigError(
-            f"resume={run_dir}: no {saved.relative_to(run_dir)} there; pass the run directory that "
-            "`robopol train` printed (it holds .hydra/ and checkpoints/)"
+            f"resume={run_dir}: no {RUN_OVERRIDES} there; pass the run directory that `robopol train` printed "
+            "(it holds overrides.yaml and checkpoints/)"
         )
     new_keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     old = [o for o in OmegaConf.to_container(OmegaConf.load(saved)) if isinstance(o, str)]
-    kept = [o for o in old if o.split("=", 1)[0].lstrip("+~") not in new_keys | {"resume", "hydra.run.dir"}]
-    return [*kept, *overrides, f"hydra.run.dir={run_dir}"]
+    kept = [o for o in old if o.split("=", 1)[0].lstrip("+~") not in new_keys]
+    return [*kept, *overrides, f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:

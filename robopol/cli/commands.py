@@ -2,26 +2,194 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
-from robopol.errors import NotLandedError
+from robopol.errors import ConfigError, NotLandedError
+
+console = Console()
+
+
+def not_landed_error(what: str) -> NotLandedError:
+    return NotLandedError(f"{what} has not landed yet; see the open issues (`robopol --help` lists what works)")
 
 
 def not_landed(what: str) -> Callable[[DictConfig], None]:
     def command(cfg: DictConfig) -> None:
-        raise NotLandedError(f"{what} has not landed yet; see the open issues (`robopol --help` lists what works)")
+        raise not_landed_error(what)
 
     return command
 
 
+def train_command(cfg: DictConfig) -> None:
+    from robopol.train.trainer import train
+
+    hydra_cfg = HydraConfig.get()
+    result = train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    console.print(f"trained {result.steps} steps in {result.seconds:.1f} s; run directory: {result.run_dir}")
+    if result.final_eval is not None:
+        _print_eval(result.final_eval.as_dict())
+
+
+def demo_command(cfg: DictConfig) -> None:
+    from robopol.train.trainer import train
+
+    console.print(f"[bold]robopol demo[/bold]: {cfg.demos} expert demonstrations of '{cfg.task.name}' -> "
+                  f"{cfg.algo.name} with a {cfg.policy.name} policy -> evaluation over "
+                  f"{cfg.trainer.eval_episodes} episodes")
+    hydra_cfg = HydraConfig.get()
+    result = train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    run = result.run_dir
+    if result.final_eval is not None:
+        _print_eval(result.final_eval.as_dict())
+    console.print(f"total time {result.seconds:.1f} s. Outputs in {run}:")
+    console.print(f"  demonstrations  {run / 'demos.zarr'}\n  checkpoints     {run / 'checkpoints'}\n"
+                  f"  metrics         {run / 'metrics.jsonl'} (TensorBoard: {run / 'tb'})\n"
+                  f"  training curve  {run / 'plots' / 'training.png'}")
+
+
+def eval_command(cfg: DictConfig) -> None:
+    from robopol.runtime import check_env_matches, evaluate, load_actor
+    from robopol.tasks import make_env
+
+    if cfg.episodes < 1 or cfg.num_envs < 1:
+        raise ConfigError(f"episodes and num_envs must be at least 1, got {cfg.episodes} and {cfg.num_envs}")
+    actor, manifest = load_actor(cfg.ckpt, cfg.device)
+    from robopol.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(cfg.ckpt, verify=False)
+    task = cfg.task if cfg.get("task") is not None else ckpt.config.task
+    env = make_env(task, num_envs=min(cfg.num_envs, cfg.episodes), seed=cfg.seed)
+    check_env_matches(env.spec, manifest["env_spec"], manifest["obs_keys"])
+    result = evaluate(env, actor, cfg.episodes, seed=cfg.seed).as_dict()
+    env.close()
+    summary = {"checkpoint": str(ckpt.path), "task": env.spec.task, "step": ckpt.step, **result}
+    out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / f"eval_step{ckpt.step}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    _print_eval(result)
+    console.print(f"summary: {out}")
+
+
+def collect_command(cfg: DictConfig) -> None:
+    from robopol.collect import collect_episodes
+
+    result = collect_episodes(cfg.task, cfg.out, cfg.episodes, noise=cfg.noise, seed=cfg.seed, expert=cfg.expert,
+                              random_fraction=cfg.random_fraction, num_workers=cfg.num_workers)
+    console.print(f"collected {result.episodes} episodes ({result.steps} steps, seeds from {result.first_seed}) "
+                  f"of '{cfg.task.name}' into {cfg.out} in {result.seconds:.1f} s after {result.startup_seconds:.1f} s "
+                  f"of start-up ({result.steps_per_second:,.0f} steps/s with {cfg.num_workers} workers)")
+    if result.failed:
+        console.print(f"{result.failed} episodes were left out because the simulator failed (see the warnings)")
+    if result.expert_episodes:
+        console.print(f"expert success rate {100 * result.expert_success_rate:.1f}% over "
+                      f"{result.expert_episodes} expert episodes")
+        if len(result.per_task) > 1:
+            for task_id, (n, rate) in result.per_task.items():
+                console.print(f"  task {task_id}: {100 * rate:.1f}% over {n} episodes")
+    if result.episodes > result.expert_episodes:
+        console.print(f"{result.episodes - result.expert_episodes} uniformly random episodes; success rate "
+                      f"over all episodes {100 * result.success_rate:.1f}%")
+
+
+def data_command(cfg: DictConfig) -> None:
+    actions = {"validate": _data_validate, "info": _data_info, "convert": _data_convert, "replay": _data_replay}
+    if cfg.action not in actions:
+        raise ConfigError(f"unknown data action '{cfg.action}'; choose one of {', '.join(actions)}")
+    if not cfg.paths:
+        raise ConfigError(f"robopol data {cfg.action} needs a store path: robopol data {cfg.action} PATH")
+    actions[cfg.action](cfg)
+
+
+def _data_validate(cfg: DictConfig) -> None:
+    from robopol.data.validate import validate_store
+
+    failed = False
+    for path in cfg.paths:
+        problems = validate_store(path)
+        if not problems:
+            console.print(f"{path}: OK, no problems found")
+            continue
+        failed = True
+        table = Table(title=f"{path}: {len(problems)} problem(s)")
+        for column in ("key", "episode", "index", "problem"):
+            table.add_column(column)
+        for p in problems:
+            table.add_row(str(p.key or "-"), _dash(p.episode), _dash(p.index), p.message)
+        console.print(table)
+    if failed:
+        sys.exit(1)
+
+
+def _data_info(cfg: DictConfig) -> None:
+    from robopol.data.info import plot_store_info, print_store_info, store_info
+
+    for path in cfg.paths:
+        info = store_info(path)
+        print_store_info(info, console=console)
+        if cfg.plot:
+            name = Path(str(path).rstrip("/")).name.removesuffix(".zip").removesuffix(".zarr")
+            out = Path(cfg.out) if cfg.out and len(cfg.paths) == 1 else Path(f"{name}_info.png")
+            console.print(f"plot: {plot_store_info(path, out, info=info)}")
+
+
+def _data_convert(cfg: DictConfig) -> None:
+    from robopol.data.convert import convert
+
+    if len(cfg.paths) != 2:
+        raise ConfigError(f"robopol data convert takes SOURCE DESTINATION, got {len(cfg.paths)} path(s)")
+    src, dst = cfg.paths
+    store = convert(src, dst, fmt=cfg.format or None, overwrite=cfg.overwrite)
+    console.print(f"converted {src} -> {dst}: {len(store)} episodes, {store.n_steps} steps, "
+                  f"keys {', '.join(store.keys())}")
+
+
+def _data_replay(cfg: DictConfig) -> None:
+    raise not_landed_error("replay of stored episodes in simulation")
+
+
+def bench_command(cfg: DictConfig) -> None:
+    suites: dict[str, Callable[[DictConfig], object]] = {"data": _bench_data}
+    planned = ("sim", "policy", "inference", "offline", "control", "online", "scale")
+    if cfg.suite in planned and cfg.suite not in suites:
+        raise not_landed_error(f"robopol bench {cfg.suite}")
+    if cfg.suite not in suites:
+        raise ConfigError(f"unknown benchmark suite '{cfg.suite}'; available: {', '.join(suites)}")
+    suites[cfg.suite](cfg)
+
+
+def _bench_data(cfg: DictConfig) -> None:
+    from robopol.data.bench import bench_data
+
+    bench_data(n_steps=50_000 if cfg.quick else 1_000_000, seconds=0.5 if cfg.quick else 3.0, out_dir=cfg.out_dir)
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _print_eval(result: dict) -> None:
+    console.print(
+        f"success rate {100 * result['success_rate']:.1f}% "
+        f"(95% CI {100 * result['success_ci95_low']:.1f}-{100 * result['success_ci95_high']:.1f}%) over "
+        f"{result['episodes']} episodes; mean return {result['mean_return']:.3f}, "
+        f"mean length {result['mean_length']:.1f}"
+    )
+
+
 COMMAND_FUNCTIONS: dict[str, Callable[[DictConfig], None]] = {
-    "train": not_landed("training"),
-    "eval": not_landed("evaluation in simulation"),
-    "collect": not_landed("expert collection"),
-    "data": not_landed("the episode-store tools"),
-    "bench": not_landed("benchmarking"),
+    "train": train_command,
+    "eval": eval_command,
+    "collect": collect_command,
+    "data": data_command,
+    "bench": bench_command,
     "deploy": not_landed("the real-robot control loop"),
-    "demo": not_landed("the demo"),
+    "demo": demo_command,
 }

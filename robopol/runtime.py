@@ -1,0 +1,179 @@
+"""Inference runtime: turns a policy plus its normalizer into an actor over raw observation dicts.
+
+The actor keeps the observation history per env, asks the policy for a normalised chunk ``(B, H, A)``,
+clips it to the normaliser's bounds, maps it back to raw action units and executes the first ``Ta`` steps
+open loop before planning again. The same actor drives simulation evaluation and (later) the robot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from robopol.data.normalize import Normalizer
+from robopol.envs import BatchedEnv, EnvSpec
+from robopol.errors import CheckpointError
+
+
+def obs_features(obs: dict[str, torch.Tensor], keys: Sequence[str], normalizer: Normalizer) -> torch.Tensor:
+    """Normalise each observation key and concatenate them on the last axis: ``(B, To, D)``."""
+    parts = [normalizer.normalize(k, obs[k]).flatten(2) for k in keys]
+    return torch.cat(parts, dim=-1)
+
+
+class ChunkActor:
+    """Receding-horizon actor: plan a chunk, execute ``action_steps`` of it, plan again."""
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        normalizer: Normalizer,
+        obs_keys: Sequence[str],
+        action_key: str = "action",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.policy = policy.eval()
+        self.normalizer = normalizer
+        self.obs_keys = list(obs_keys)
+        self.action_key = action_key
+        self.device = torch.device(device)
+        self.obs_steps = policy.obs_steps
+        self.action_steps = policy.action_steps
+        self._history: list[dict[str, np.ndarray]] = []
+        self._chunk: np.ndarray | None = None
+        self._cursor = 0
+
+    def reset(self) -> None:
+        self._history.clear()
+        self._chunk = None
+        self._cursor = 0
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Raw observations of the current step (leading env axis) -> raw actions ``(N, A)``."""
+        self._history.append({k: np.asarray(obs[k]) for k in self.obs_keys})
+        if not self._history[:-1]:  # first step: pad the history by repeating it, as in training
+            self._history = self._history * self.obs_steps
+        self._history = self._history[-self.obs_steps:]
+        if self._chunk is None or self._cursor >= self.action_steps:
+            self._chunk = self._plan()
+            self._cursor = 0
+        action = self._chunk[:, self._cursor]
+        self._cursor += 1
+        return action
+
+    @torch.no_grad()
+    def _plan(self) -> np.ndarray:
+        stacked = {
+            k: torch.as_tensor(np.stack([h[k] for h in self._history], axis=1), device=self.device)
+            for k in self.obs_keys
+        }
+        chunk = self.policy.sample(obs_features(stacked, self.obs_keys, self.normalizer))
+        low, high = self.normalizer.bounds(self.action_key, like=chunk)
+        chunk = torch.clamp(chunk, low, high)
+        return self.normalizer.unnormalize(self.action_key, chunk).cpu().numpy()
+
+
+@dataclass
+class EvalResult:
+    episodes: int
+    success_rate: float
+    success_ci95: tuple[float, float]
+    mean_return: float
+    mean_length: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "episodes": self.episodes,
+            "success_rate": self.success_rate,
+            "success_ci95_low": self.success_ci95[0],
+            "success_ci95_high": self.success_ci95[1],
+            "mean_return": self.mean_return,
+            "mean_length": self.mean_length,
+        }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (well behaved at 0% and 100%)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def check_env_matches(env_spec: EnvSpec, trained_on: dict, obs_keys: Sequence[str]) -> None:
+    """Refuse to evaluate a policy on a task whose observations or actions differ from its training task."""
+    have = env_spec.describe()
+    problems = [
+        f"observation '{k}' has shape {have['observation'].get(k)} but the policy was trained on "
+        f"{trained_on['observation'].get(k)}"
+        for k in obs_keys
+        if have["observation"].get(k) != trained_on["observation"].get(k)
+    ]
+    if have["action"] != trained_on["action"]:
+        problems.append(f"actions have shape {have['action']} but the policy emits {trained_on['action']}")
+    if problems:
+        raise CheckpointError(
+            f"the policy was trained on task '{trained_on['task']}' and cannot run on task '{env_spec.task}': "
+            + "; ".join(problems)
+        )
+
+
+def evaluate(env: BatchedEnv, actor: ChunkActor, episodes: int, seed: int) -> EvalResult:
+    """Run ``episodes`` episodes in batches of ``env.num_envs``; an episode ends at success or time-out."""
+    successes, returns, lengths = [], [], []
+    batch_index = 0
+    while len(successes) < episodes:
+        obs = env.reset(seed=seed + batch_index)
+        actor.reset()
+        n = env.num_envs
+        done = np.zeros(n, dtype=bool)
+        success = np.zeros(n, dtype=bool)
+        ret = np.zeros(n)
+        length = np.zeros(n, dtype=int)
+        while not done.all():
+            result = env.step(actor.act(obs))
+            live = ~done
+            ret[live] += result.reward[live]
+            length[live] += 1
+            success |= result.success & live
+            done |= result.terminated | result.truncated
+            obs = result.obs
+        take = min(n, episodes - len(successes))
+        successes += success[:take].tolist()
+        returns += ret[:take].tolist()
+        lengths += length[:take].tolist()
+        batch_index += 1
+    k = int(sum(successes))
+    return EvalResult(
+        episodes=len(successes),
+        success_rate=k / len(successes),
+        success_ci95=wilson_interval(k, len(successes)),
+        mean_return=float(np.mean(returns)),
+        mean_length=float(np.mean(lengths)),
+    )
+
+
+def load_actor(path: str, device: str = "cpu") -> tuple[ChunkActor, dict]:
+    """Checkpoint (run dir or checkpoint dir) -> actor with the evaluation weights (EMA when saved)."""
+    from hydra.utils import instantiate
+
+    from robopol.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    manifest = ckpt.manifest
+    for key in ("obs_dim", "action_dim", "obs_keys", "env_spec"):
+        if key not in manifest:
+            raise CheckpointError(f"{ckpt.path}/manifest.json has no '{key}': it is not a policy checkpoint")
+    policy = instantiate(ckpt.config.policy, obs_dim=manifest["obs_dim"], action_dim=manifest["action_dim"])
+    ckpt.load_modules({"ema" if "ema" in ckpt.module_names() else "policy": policy})
+    normalizer = Normalizer.from_state(*ckpt.normalizer())
+    actor = ChunkActor(policy.to(device), normalizer, manifest["obs_keys"], manifest.get("action_key", "action"),
+                       device)
+    return actor, manifest

@@ -1,0 +1,185 @@
+"""The training loop: data -> windows -> algorithm updates -> metrics, checkpoints, evaluation.
+
+One function, ``train(cfg, run_root)``, serves every algorithm whose object has ``update(batch)``,
+``modules()``, ``eval_policy()``, ``validation_loss(batch)`` and ``state_dict()``/``load_state_dict()``.
+Resuming from a run directory restores weights, optimizer and scheduler, the sampler position and every RNG,
+so N steps + resume + N steps equals 2N steps bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from robopol.checkpoint import load_checkpoint, save_checkpoint
+from robopol.data.normalize import Normalizer
+from robopol.data.sampler import WindowConfig, WindowSampler, split_episodes
+from robopol.data.store import EpisodeStore
+from robopol.data.validate import check_store
+from robopol.envs import EnvSpec
+from robopol.errors import ConfigError
+from robopol.runtime import ChunkActor, EvalResult, evaluate, obs_features
+from robopol.tasks import make_env
+from robopol.train.run import MetricsLogger, RunDir, plot_metrics
+
+ACTION_KEY = "action"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    seconds: float
+    final_eval: EvalResult | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_batch(windows: dict[str, np.ndarray], obs_keys: list[str], normalizer: Normalizer,
+             device: torch.device) -> dict[str, torch.Tensor]:
+    """Sampler windows (raw numpy) -> normalised torch batch: ``obs`` (B, To, D), ``action`` (B, H, A)."""
+    obs = {k: torch.as_tensor(windows[k], device=device) for k in obs_keys}
+    return {
+        "obs": obs_features(obs, obs_keys, normalizer).float(),
+        "action": normalizer.normalize(ACTION_KEY, torch.as_tensor(windows[ACTION_KEY], device=device)).float(),
+        "action_is_pad": torch.as_tensor(windows["action_is_pad"], device=device),
+    }
+
+
+def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = None) -> TrainResult:
+    """Train as ``cfg`` says in ``run_root``; ``overrides`` (the command line) are recorded for ``resume=``."""
+    t0 = time.perf_counter()
+    tcfg = cfg.trainer
+    for key in ("steps", "batch_size", "log_every", "ckpt_every"):
+        if tcfg[key] < 1:
+            raise ConfigError(f"trainer.{key} must be at least 1, got {tcfg[key]}")
+    if tcfg.num_threads > 0:
+        torch.set_num_threads(tcfg.num_threads)
+    device = torch.device(cfg.device)
+    run = RunDir(run_root)
+    run.save_config(cfg)
+    seed_everything(cfg.seed)
+
+    env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes) or 1, seed=cfg.seed)
+    obs_keys = sorted(env.spec.observation)
+    data_location = cfg.data or _collect_demos(cfg, run)
+    store = EpisodeStore.open(data_location)
+    check_store(store, required_keys=[*obs_keys, ACTION_KEY])
+    arrays = store.load([*obs_keys, ACTION_KEY])
+    _check_data_matches_task(arrays, env.spec, data_location)
+
+    train_eps, val_eps = split_episodes(len(store), tcfg.val_fraction, seed=cfg.seed)
+    pcfg = cfg.policy
+    window = WindowConfig(obs_keys=tuple(obs_keys), action_key=ACTION_KEY, obs_steps=pcfg.obs_steps,
+                          horizon=pcfg.horizon)
+    sampler = WindowSampler(arrays, store.episode_ends, window, episodes=train_eps, seed=cfg.seed)
+    val_sampler = (WindowSampler(arrays, store.episode_ends, window, episodes=val_eps, seed=cfg.seed + 1)
+                   if len(val_eps) else None)
+    starts = np.concatenate([[0], store.episode_ends[:-1]])
+    train_steps = np.concatenate([np.arange(starts[e], store.episode_ends[e]) for e in train_eps])
+    normalizer = Normalizer.fit({k: arrays[k][train_steps] for k in [*obs_keys, ACTION_KEY]},
+                                modes={k: "minmax" for k in [*obs_keys, ACTION_KEY]})
+
+    obs_dim = sum(int(np.prod(arrays[k].shape[1:])) for k in obs_keys)
+    action_dim = int(np.prod(arrays[ACTION_KEY].shape[1:]))
+    policy = instantiate(pcfg, obs_dim=obs_dim, action_dim=action_dim).to(device)
+    algo = instantiate(cfg.algo, policy=policy, total_steps=tcfg.steps)
+
+    start = 0
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume)
+        normalizer = Normalizer.from_state(*ckpt.normalizer())
+        ckpt.load_modules(algo.modules())
+        state = ckpt.training_state()
+        algo.load_state_dict(state["algo"])
+        sampler.load_state_dict(state["sampler"])
+        if val_sampler is not None:
+            val_sampler.load_state_dict(state["val_sampler"])
+        _set_rng_states(state["rng"])
+        start = ckpt.step
+        if start >= tcfg.steps:
+            raise ConfigError(f"resume={cfg.resume} is already at step {start}; raise trainer.steps above it")
+
+    if overrides is not None:  # only now: a resume that failed to load must not change the record
+        run.record_overrides(overrides)
+    logger = MetricsLogger(run, resume_step=start if cfg.resume else None)
+    extra = {"env_spec": env.spec.describe(), "obs_keys": obs_keys, "action_key": ACTION_KEY,
+             "obs_dim": obs_dim, "action_dim": action_dim}
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(
+            run.checkpoints, step=step, modules=algo.modules(), config=cfg,
+            normalizer=(normalizer.spec(), normalizer.state_dict()),
+            training_state={"step": step, "algo": algo.state_dict(), "sampler": sampler.state_dict(),
+                            "val_sampler": val_sampler.state_dict() if val_sampler is not None else None,
+                            "rng": _rng_states()},
+            extra=extra,
+        )
+
+    last = tcfg.steps if tcfg.stop_after <= 0 else min(tcfg.stop_after, tcfg.steps)
+    final_eval = None
+    bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {cfg.algo.name}/{pcfg.name}", unit="step",
+               disable=not tcfg.progress, dynamic_ncols=True)
+    for step in range(start + 1, last + 1):
+        batch = to_batch(sampler.sample(tcfg.batch_size), obs_keys, normalizer, device)
+        metrics = algo.update(batch)
+        bar.update(1)
+        if step % tcfg.log_every == 0 or step == tcfg.steps:
+            if val_sampler is not None:
+                val_batch = to_batch(val_sampler.sample(tcfg.batch_size), obs_keys, normalizer, device)
+                logger.log(step, {"loss": algo.validation_loss(val_batch)}, prefix="val")
+            logger.log(step, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        evaluate_now = step == tcfg.steps or (tcfg.eval_every > 0 and step % tcfg.eval_every == 0)
+        if evaluate_now and tcfg.eval_episodes > 0:
+            actor = ChunkActor(algo.eval_policy(), normalizer, obs_keys, ACTION_KEY, device)
+            final_eval = evaluate(env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed)
+            logger.log(step, final_eval.as_dict(), prefix="eval")
+        if step % tcfg.ckpt_every == 0 or step == last:
+            checkpoint(step)
+    bar.close()
+    logger.close()
+    env.close()
+    plot_metrics(run.metrics, run.plots / "training.png")
+    return TrainResult(run.root, last, time.perf_counter() - t0, final_eval)
+
+
+def _collect_demos(cfg: DictConfig, run: RunDir) -> str:
+    """``data`` empty: collect ``demos`` expert episodes of the task into the run directory."""
+    from robopol.collect import collect_episodes
+
+    location = str(run.root / "demos.zarr")
+    if not Path(location).exists():
+        collect_episodes(cfg.task, location, episodes=cfg.demos, seed=cfg.seed, progress=cfg.trainer.progress)
+    return location
+
+
+def _check_data_matches_task(arrays: dict[str, np.ndarray], spec: EnvSpec, location: str) -> None:
+    expected = {**{k: v.shape for k, v in spec.observation.items()}, ACTION_KEY: spec.action.shape}
+    wrong = [f"'{k}' has per-step shape {arrays[k].shape[1:]}, task '{spec.task}' needs {shape}"
+             for k, shape in expected.items() if arrays[k].shape[1:] != tuple(shape)]
+    if wrong:
+        raise ConfigError(f"store {location} does not fit task '{spec.task}': " + "; ".join(wrong))
+
+
+def _rng_states() -> dict[str, Any]:
+    """Global RNGs; numpy randomness goes through seeded Generators whose states are saved by their owners."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_states(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])

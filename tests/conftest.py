@@ -1,0 +1,35 @@
+"""Shared fixtures: a small toy-task store and helpers to run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``robopol ARGS`` as a user would (same interpreter), capturing output."""
+    env = {**os.environ, "MUJOCO_GL": "egl", "COLUMNS": "200", "HYDRA_FULL_ERROR": ""}
+    env.pop("HYDRA_FULL_ERROR")
+    proc = subprocess.run([sys.executable, "-m", "robopol", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"robopol {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def toy_store(tmp_path_factory) -> str:
+    """40 expert episodes of the point-reach toy task."""
+    from robopol.cli.app import compose
+    from robopol.collect import collect_episodes
+
+    cfg = compose("collect", ["out=unused"])
+    path = str(tmp_path_factory.mktemp("toy") / "demos.zarr")
+    collect_episodes(cfg.task, path, episodes=40, seed=0, progress=False)
+    return path
