@@ -17,7 +17,7 @@ from torch import nn
 
 from robopol.data.normalize import Normalizer
 from robopol.envs import BatchedEnv, EnvSpec
-from robopol.errors import CheckpointError
+from robopol.errors import CheckpointError, ConfigError
 
 
 def obs_features(obs: dict[str, torch.Tensor], keys: Sequence[str], normalizer: Normalizer) -> torch.Tensor:
@@ -26,8 +26,17 @@ def obs_features(obs: dict[str, torch.Tensor], keys: Sequence[str], normalizer: 
     return torch.cat(parts, dim=-1)
 
 
+EXECUTIONS = ("receding", "ensemble")
+
+
 class ChunkActor:
-    """Receding-horizon actor: plan a chunk, execute ``action_steps`` of it, plan again."""
+    """Turns chunk predictions into one action per step.
+
+    ``receding``: plan a chunk, execute its first ``action_steps`` actions open loop, plan again.
+    ``ensemble`` (ACT's temporal ensembling): plan every step and execute, for the current step, the
+    average of every still-valid chunk's prediction for it, weighted ``exp(-decay * i)`` with ``i = 0`` for
+    the oldest chunk, so older commitments dominate and actions change smoothly.
+    """
 
     def __init__(
         self,
@@ -36,22 +45,33 @@ class ChunkActor:
         obs_keys: Sequence[str],
         action_key: str = "action",
         device: str | torch.device = "cpu",
+        execution: str = "receding",
+        ensemble_decay: float = 0.01,
+        sampler: str | None = None,
+        steps: int | None = None,
     ) -> None:
+        if execution not in EXECUTIONS:
+            raise ConfigError(f"execution must be one of {', '.join(EXECUTIONS)}, got '{execution}'")
         self.policy = policy.eval()
         self.normalizer = normalizer
         self.obs_keys = list(obs_keys)
         self.action_key = action_key
         self.device = torch.device(device)
         self.obs_steps = policy.obs_steps
+        self.horizon = policy.horizon
         self.action_steps = policy.action_steps
-        self._history: list[dict[str, np.ndarray]] = []
-        self._chunk: np.ndarray | None = None
-        self._cursor = 0
+        self.execution = execution
+        self.ensemble_decay = ensemble_decay
+        # Only generative heads take a sampler; pass the choice through only when one was made.
+        self._sample_kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v}
+        self.plans = 0
+        self.reset()
 
     def reset(self) -> None:
-        self._history.clear()
-        self._chunk = None
-        self._cursor = 0
+        """Forget the observation history and pending chunks (episode start, or a human took over)."""
+        self._history: list[dict[str, np.ndarray]] = []
+        self._chunks: list[tuple[int, np.ndarray]] = []  # (step the chunk was planned at, raw chunk)
+        self._t = 0
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Raw observations of the current step (leading env axis) -> raw actions ``(N, A)``."""
@@ -59,20 +79,26 @@ class ChunkActor:
         if not self._history[:-1]:  # first step: pad the history by repeating it, as in training
             self._history = self._history * self.obs_steps
         self._history = self._history[-self.obs_steps:]
-        if self._chunk is None or self._cursor >= self.action_steps:
-            self._chunk = self._plan()
-            self._cursor = 0
-        action = self._chunk[:, self._cursor]
-        self._cursor += 1
-        return action
+        t = self._t
+        self._t += 1
+        if self.execution == "receding":
+            if not self._chunks or t - self._chunks[-1][0] >= self.action_steps:
+                self._chunks = [(t, self._plan())]
+            start, chunk = self._chunks[-1]
+            return chunk[:, t - start]
+        self._chunks = [(s, c) for s, c in self._chunks if t - s < self.horizon] + [(t, self._plan())]
+        weights = np.exp(-self.ensemble_decay * np.arange(len(self._chunks)))
+        actions = np.stack([c[:, t - s] for s, c in self._chunks])
+        return np.tensordot(weights / weights.sum(), actions, axes=1).astype(actions.dtype)
 
     @torch.no_grad()
     def _plan(self) -> np.ndarray:
+        self.plans += 1
         stacked = {
             k: torch.as_tensor(np.stack([h[k] for h in self._history], axis=1), device=self.device)
             for k in self.obs_keys
         }
-        chunk = self.policy.sample(obs_features(stacked, self.obs_keys, self.normalizer))
+        chunk = self.policy.sample(obs_features(stacked, self.obs_keys, self.normalizer), **self._sample_kwargs)
         low, high = self.normalizer.bounds(self.action_key, like=chunk)
         chunk = torch.clamp(chunk, low, high)
         return self.normalizer.unnormalize(self.action_key, chunk).cpu().numpy()
@@ -126,11 +152,15 @@ def check_env_matches(env_spec: EnvSpec, trained_on: dict, obs_keys: Sequence[st
 
 
 def evaluate(env: BatchedEnv, actor: ChunkActor, episodes: int, seed: int) -> EvalResult:
-    """Run ``episodes`` episodes in batches of ``env.num_envs``; an episode ends at success or time-out."""
+    """Run ``episodes`` episodes in batches of ``env.num_envs``; an episode ends at success or time-out.
+
+    Batch ``b`` resets with seed ``seed + b * num_envs``: simulator envs give env ``i`` the episode seed
+    ``seed + i``, so every episode of the evaluation has its own seed.
+    """
     successes, returns, lengths = [], [], []
     batch_index = 0
     while len(successes) < episodes:
-        obs = env.reset(seed=seed + batch_index)
+        obs = env.reset(seed=seed + batch_index * env.num_envs)
         actor.reset()
         n = env.num_envs
         done = np.zeros(n, dtype=bool)
@@ -160,8 +190,11 @@ def evaluate(env: BatchedEnv, actor: ChunkActor, episodes: int, seed: int) -> Ev
     )
 
 
-def load_actor(path: str, device: str = "cpu") -> tuple[ChunkActor, dict]:
-    """Checkpoint (run dir or checkpoint dir) -> actor with the evaluation weights (EMA when saved)."""
+def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple[ChunkActor, dict]:
+    """Checkpoint (run dir or checkpoint dir) -> actor with the evaluation weights (EMA when saved).
+
+    ``actor_options`` go to :class:`ChunkActor` (execution, ensemble_decay, sampler, steps).
+    """
     from hydra.utils import instantiate
 
     from robopol.checkpoint import load_checkpoint
@@ -175,5 +208,5 @@ def load_actor(path: str, device: str = "cpu") -> tuple[ChunkActor, dict]:
     ckpt.load_modules({"ema" if "ema" in ckpt.module_names() else "policy": policy})
     normalizer = Normalizer.from_state(*ckpt.normalizer())
     actor = ChunkActor(policy.to(device), normalizer, manifest["obs_keys"], manifest.get("action_key", "action"),
-                       device)
+                       device, **actor_options)
     return actor, manifest

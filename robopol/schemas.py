@@ -161,6 +161,14 @@ class EvalCommand:
     """Episodes to run."""
     num_envs: int = 10
     """Environments stepped together."""
+    execution: str = "receding"
+    """Chunk execution: receding (execute action_steps, replan) or ensemble (ACT temporal ensembling)."""
+    ensemble_decay: float = 0.01
+    """Temporal ensembling weight decay m in exp(-m * i), i = 0 for the oldest chunk."""
+    sampler: str = ""
+    """Sampler of a generative head (ddpm, ddim, euler, midpoint); empty keeps the policy's own."""
+    inference_steps: int = 0
+    """Sampler steps; 0 keeps the policy's own."""
     seed: int = 1000
     """Seed of the first episode."""
     device: str = "cpu"

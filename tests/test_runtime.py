@@ -9,7 +9,7 @@ from robopol.sim.toy import PointReachEnv, PointReachExpert
 
 from robopol.data.normalize import Normalizer
 from robopol.envs import ArraySpec, EnvSpec
-from robopol.errors import CheckpointError
+from robopol.errors import CheckpointError, ConfigError
 from robopol.runtime import ChunkActor, check_env_matches, evaluate, wilson_interval
 
 
@@ -90,3 +90,33 @@ def test_mismatched_task_is_refused():
     with pytest.raises(CheckpointError, match=r"trained on task 'point_reach' and cannot run on task 'cube'.*"
                                               r"'pos' has shape \[3\].*actions have shape \[4\]"):
         check_env_matches(other, trained, ["goal", "pos"])
+
+
+def test_temporal_ensemble_weights_older_chunks_first():
+    policy = CountingPolicy()  # plan p predicts (p/10, h/10) for chunk step h
+    actor = ChunkActor(policy, identity_normalizer(), obs_keys=["x"], execution="ensemble", ensemble_decay=0.5)
+    actions = [actor.act({"x": np.zeros((1, 1), np.float32)})[0] for _ in range(6)]
+    assert len(policy.plans) == 6  # one plan per step
+    # Step 2: chunks planned at steps 0, 1, 2 (plans 1, 2, 3) predict offsets 2, 1, 0 for it.
+    w = np.exp(-0.5 * np.arange(3))
+    expected = (w @ np.array([[0.1, 0.2], [0.2, 0.1], [0.3, 0.0]])) / w.sum()
+    np.testing.assert_allclose(actions[2], expected, atol=1e-6)
+    # Step 5: only chunks younger than H=4 (planned at 2..5) take part.
+    w = np.exp(-0.5 * np.arange(4))
+    expected = (w @ np.array([[0.3, 0.3], [0.4, 0.2], [0.5, 0.1], [0.6, 0.0]])) / w.sum()
+    np.testing.assert_allclose(actions[5], expected, atol=1e-6)
+
+
+def test_actor_passes_the_sampler_choice_and_rejects_unknown_execution():
+    class Recording(CountingPolicy):
+        def sample(self, obs, **kwargs):
+            self.kwargs = kwargs
+            return super().sample(obs)
+
+    policy = Recording()
+    ChunkActor(policy, identity_normalizer(), ["x"], sampler="ddim", steps=5).act({"x": np.zeros((1, 1))})
+    assert policy.kwargs == {"sampler": "ddim", "steps": 5}
+    ChunkActor(policy, identity_normalizer(), ["x"]).act({"x": np.zeros((1, 1))})
+    assert policy.kwargs == {}
+    with pytest.raises(ConfigError, match="execution must be one of receding, ensemble, got 'chunky'"):
+        ChunkActor(policy, identity_normalizer(), ["x"], execution="chunky")

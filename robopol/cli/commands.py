@@ -14,7 +14,7 @@ from rich.table import Table
 
 from robopol.errors import ConfigError, NotLandedError
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line, copy-pasteable
 
 
 def not_landed_error(what: str) -> NotLandedError:
@@ -61,7 +61,8 @@ def eval_command(cfg: DictConfig) -> None:
 
     if cfg.episodes < 1 or cfg.num_envs < 1:
         raise ConfigError(f"episodes and num_envs must be at least 1, got {cfg.episodes} and {cfg.num_envs}")
-    actor, manifest = load_actor(cfg.ckpt, cfg.device)
+    actor, manifest = load_actor(cfg.ckpt, cfg.device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
+                                 sampler=cfg.sampler or None, steps=cfg.inference_steps or None)
     from robopol.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(cfg.ckpt, verify=False)
@@ -70,7 +71,9 @@ def eval_command(cfg: DictConfig) -> None:
     check_env_matches(env.spec, manifest["env_spec"], manifest["obs_keys"])
     result = evaluate(env, actor, cfg.episodes, seed=cfg.seed).as_dict()
     env.close()
-    summary = {"checkpoint": str(ckpt.path), "task": env.spec.task, "step": ckpt.step, **result}
+    summary = {"checkpoint": str(ckpt.path), "task": env.spec.task, "step": ckpt.step,
+               "execution": cfg.execution, "sampler": cfg.sampler or ckpt.config.policy.get("sampler"),
+               "plans": actor.plans, **result}
     out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / f"eval_step{ckpt.step}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
@@ -156,7 +159,7 @@ def _data_replay(cfg: DictConfig) -> None:
 
 
 def bench_command(cfg: DictConfig) -> None:
-    suites: dict[str, Callable[[DictConfig], object]] = {"data": _bench_data}
+    suites: dict[str, Callable[[DictConfig], object]] = {"data": _bench_data, "policy": _bench_policy}
     planned = ("sim", "policy", "inference", "offline", "control", "online", "scale")
     if cfg.suite in planned and cfg.suite not in suites:
         raise not_landed_error(f"robopol bench {cfg.suite}")
@@ -169,6 +172,12 @@ def _bench_data(cfg: DictConfig) -> None:
     from robopol.data.bench import bench_data
 
     bench_data(n_steps=50_000 if cfg.quick else 1_000_000, seconds=0.5 if cfg.quick else 3.0, out_dir=cfg.out_dir)
+
+
+def _bench_policy(cfg: DictConfig) -> None:
+    from robopol.policies.bench import bench_policy
+
+    bench_policy(cfg.out_dir, quick=cfg.quick)
 
 
 def _dash(value: int | None) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
@@ -95,8 +96,8 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
 
     obs_dim = sum(int(np.prod(arrays[k].shape[1:])) for k in obs_keys)
     action_dim = int(np.prod(arrays[ACTION_KEY].shape[1:]))
-    policy = instantiate(pcfg, obs_dim=obs_dim, action_dim=action_dim).to(device)
-    algo = instantiate(cfg.algo, policy=policy, total_steps=tcfg.steps)
+    policy = build(pcfg, "policy", obs_dim=obs_dim, action_dim=action_dim).to(device)
+    algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps)
 
     start = 0
     if cfg.resume:
@@ -155,6 +156,15 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     env.close()
     plot_metrics(run.metrics, run.plots / "training.png")
     return TrainResult(run.root, last, time.perf_counter() - t0, final_eval)
+
+
+def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``instantiate`` with a constructor's ValueError turned into a one-line config error."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ValueError | TypeError) else err
+        raise ConfigError(f"{group}={node.name}: {cause}") from err
 
 
 def _collect_demos(cfg: DictConfig, run: RunDir) -> str:
