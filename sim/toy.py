@@ -2,14 +2,23 @@
 
 It is small enough for tests and for the quick demo while exercising the whole pipeline: observation dicts,
 bounded actions that get clipped and counted, success, truncation, and a scripted expert with a noise knob.
+
+``PointMassSim`` is the same task as a single ``SimEnv`` for the vector back ends of ``robopol.sim.vector``,
+with fault injection (raise, NaN, or kill the process at a chosen step of chosen seeds) so that the worker
+pool's failure handling can be exercised without a physics engine.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 import numpy as np
 
 from robopol.envs import ArraySpec, EnvSpec, StepResult
 from robopol.errors import ConfigError
+
+from .base import SimEnv, Transition
 
 
 class PointReachEnv:
@@ -56,7 +65,11 @@ class PointReachEnv:
     def step(self, actions: np.ndarray) -> StepResult:
         actions = np.asarray(actions, dtype=np.float64)
         if actions.shape != (self.num_envs, 2):
-            raise ValueError(f"PointReach expects actions of shape ({self.num_envs}, 2), got {actions.shape}")
+            raise ConfigError(f"task '{self.spec.task}': actions must have shape ({self.num_envs}, 2), got "
+                              f"{actions.shape}")
+        if not np.isfinite(actions).all():
+            bad = np.flatnonzero(~np.isfinite(actions).all(axis=1)).tolist()
+            raise ConfigError(f"task '{self.spec.task}': actions contain NaN or inf for envs {bad}")
         clipped = np.clip(actions, -1.0, 1.0)
         self.clipped_actions += int(np.any(clipped != actions, axis=1).sum())
         self._pos = np.clip(self._pos + self.max_speed * clipped, 0.0, 1.0)
@@ -93,3 +106,71 @@ class PointReachExpert:
         if self.noise > 0:
             action = action + self.noise * self._rng.standard_normal(action.shape)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+class PointMassSim(SimEnv):
+    """One point mass of PointReach as a ``SimEnv``; ``fault`` makes chosen episodes fail at ``fault_step``.
+
+    ``fault``: ``""`` (none), ``"raise"``, ``"nan"`` (NaN observation) or ``"exit"`` (the process dies, as a
+    segfaulting simulator would); it applies to episodes whose seed is in ``fault_seeds`` (all if empty).
+    """
+
+    def __init__(self, max_speed: float = 0.1, goal_tolerance: float = 0.05, fault: str = "",
+                 fault_step: int = 3, fault_seeds: Sequence[int] = ()) -> None:
+        if fault not in ("", "raise", "nan", "exit"):
+            raise ConfigError(f"fault must be '', 'raise', 'nan' or 'exit', got {fault!r}")
+        self.max_speed, self.goal_tolerance = max_speed, goal_tolerance
+        self.fault, self.fault_step, self.fault_seeds = fault, fault_step, set(fault_seeds)
+        box = dict(low=(0.0, 0.0), high=(1.0, 1.0))
+        self.spec = EnvSpec(
+            task="point_mass",
+            observation={"pos": ArraySpec((2,), names=("x", "y"), **box),
+                         "goal": ArraySpec((2,), names=("goal_x", "goal_y"), **box)},
+            action=ArraySpec((2,), low=(-1.0, -1.0), high=(1.0, 1.0), names=("vx", "vy")),
+            max_episode_steps=50, goal_key="goal",
+        )
+        self._pos = np.zeros(2)
+        self._goal = np.zeros(2)
+        self._seed, self._t = 0, 0
+
+    def reset(self, seed: int, options: dict | None = None) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        self._pos, self._goal = rng.uniform(0.1, 0.9, size=2), rng.uniform(0.1, 0.9, size=2)
+        self._seed, self._t = seed, 0
+        return self._obs()
+
+    def step(self, action: np.ndarray) -> Transition:
+        self._t += 1
+        chosen = not self.fault_seeds or self._seed in self.fault_seeds
+        if self.fault and self._t == self.fault_step and chosen:
+            if self.fault == "raise":
+                raise RuntimeError(f"injected fault at step {self._t} of seed {self._seed}")
+            if self.fault == "exit":
+                os._exit(3)
+            self._pos = np.full(2, np.nan)  # np.clip keeps NaN: the observation below carries it out
+        self._pos = np.clip(self._pos + self.max_speed * np.asarray(action), 0.0, 1.0)
+        dist = float(np.linalg.norm(self._goal - self._pos))
+        success = dist < self.goal_tolerance
+        return Transition(self._obs(), -dist, success, success)
+
+    def get_state(self) -> np.ndarray:
+        return np.concatenate([self._pos, self._goal])
+
+    def set_state(self, state: np.ndarray) -> None:
+        self._pos, self._goal = np.array(state[:2]), np.array(state[2:])
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"pos": self._pos.astype(np.float32), "goal": self._goal.astype(np.float32)}
+
+
+def make_point_mass_env(num_envs: int = 1, seed: int = 0, name: str = "point_mass",
+                        max_episode_steps: int = 50, backend: str = "inprocess", fault: str = "",
+                        fault_step: int = 3, fault_seeds: Sequence[int] = (), autoreset: bool = False):
+    """Batched ``PointMassSim`` (a task ``_target_``): the vector back ends without a physics engine."""
+    from functools import partial
+
+    from .vector import make_vector_env
+
+    factory = partial(PointMassSim, fault=fault, fault_step=fault_step, fault_seeds=tuple(fault_seeds))
+    return make_vector_env(factory, num_envs, seed, backend=backend, autoreset=autoreset, name=name,
+                           max_episode_steps=max_episode_steps)

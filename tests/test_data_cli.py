@@ -51,3 +51,13 @@ def test_bench_data_quick_writes_json(tmp_path):
     proc = run_cli("bench", "data", "quick=true", f"out_dir={tmp_path}", cwd=tmp_path, check=True)
     assert "windows" in proc.stdout.lower()
     assert (tmp_path / "data.json").is_file()
+
+
+def test_replay_reports_zero_divergence_and_writes_video(tmp_path):
+    store = tmp_path / "cube.zarr"
+    run_cli("collect", "task=cube_single_task1", "episodes=2", f"out={store}", "num_workers=0", cwd=tmp_path,
+            check=True)
+    proc = run_cli("data", "replay", str(store), f"out={tmp_path / 'videos'}", "episodes=[1]", cwd=tmp_path,
+                   check=True)
+    assert "1 episodes replayed; largest state divergence 0" in proc.stdout
+    assert (tmp_path / "videos" / "episode_1.mp4").stat().st_size > 1000

@@ -155,11 +155,37 @@ def _data_convert(cfg: DictConfig) -> None:
 
 
 def _data_replay(cfg: DictConfig) -> None:
-    raise not_landed_error("replay of stored episodes in simulation")
+    from robopol.data.store import EpisodeStore
+    from robopol.sim.replay import replay_store
+
+    if len(cfg.paths) != 1:
+        raise ConfigError(f"robopol data replay takes one store path, got {len(cfg.paths)}")
+    path = cfg.paths[0]
+    task = cfg.task
+    if task is None:  # the store records the task it was collected on
+        recorded = EpisodeStore.open(path).attrs.get("task")
+        if recorded is None:
+            raise ConfigError(f"store {path} does not record its task; pass task=<name>")
+        from robopol.cli.app import compose
+
+        task = compose("collect", [f"task={recorded}", "out=unused"]).task
+    video = str(Path(cfg.out) / "episode_{episode}.mp4") if cfg.out else None
+    rows = replay_store(path, task, episodes=list(cfg.episodes) or None, video=video)
+    table = Table(title=f"replay of {path} on task '{task.name}'")
+    for column in ("episode", "seed", "steps", "max divergence", "stored success", "replayed success", "video"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(str(r["episode"]), str(r["seed"]), str(r["steps"]), f"{r['max_divergence']:.3g}",
+                      str(r["success"]), str(r["replayed_success"]), r["video"] or "-")
+    console.print(table)
+    worst = max(r["max_divergence"] for r in rows)
+    console.print(f"{len(rows)} episodes replayed; largest state divergence {worst:.3g}")
 
 
 def bench_command(cfg: DictConfig) -> None:
-    suites: dict[str, Callable[[DictConfig], object]] = {"data": _bench_data, "policy": _bench_policy}
+    suites: dict[str, Callable[[DictConfig], object]] = {
+        "data": _bench_data, "sim": _bench_sim, "policy": _bench_policy,
+    }
     planned = ("sim", "policy", "inference", "offline", "control", "online", "scale")
     if cfg.suite in planned and cfg.suite not in suites:
         raise not_landed_error(f"robopol bench {cfg.suite}")
@@ -172,6 +198,12 @@ def _bench_data(cfg: DictConfig) -> None:
     from robopol.data.bench import bench_data
 
     bench_data(n_steps=50_000 if cfg.quick else 1_000_000, seconds=0.5 if cfg.quick else 3.0, out_dir=cfg.out_dir)
+
+
+def _bench_sim(cfg: DictConfig) -> None:
+    from robopol.sim.bench import bench_sim
+
+    bench_sim(cfg.out_dir, quick=cfg.quick)
 
 
 def _bench_policy(cfg: DictConfig) -> None:
