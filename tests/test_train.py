@@ -87,3 +87,14 @@ def test_eval_reports_success_and_refuses_a_mismatched_task(tmp_path, toy_store)
 def test_nonpositive_steps_are_refused(tmp_path, toy_store, steps):
     proc = train(tmp_path, "run", f"data={toy_store}", f"trainer.steps={steps}", check=False)
     assert proc.returncode == 2 and "trainer.steps must be at least 1" in proc.stderr
+
+
+def test_multirun_sweep_makes_one_run_per_value(tmp_path, toy_store):
+    proc = run_cli("train", "-m", "policy=mlp,flow", f"data={toy_store}", "trainer.steps=3", "trainer.eval_episodes=2",
+                   "trainer.progress=false", "policy.hidden_dims=[16]", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   cwd=tmp_path, check=True)
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert len(runs) == 2 and "policy=mlp" in runs[0] and "policy=flow" in runs[1]
+    for run in runs:
+        assert (tmp_path / "sweep" / run / "checkpoints" / "latest").is_file()
+    assert proc.stdout.count("trained 3 steps") == 2

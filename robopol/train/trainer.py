@@ -173,7 +173,8 @@ def _collect_demos(cfg: DictConfig, run: RunDir) -> str:
 
     location = str(run.root / "demos.zarr")
     if not Path(location).exists():
-        collect_episodes(cfg.task, location, episodes=cfg.demos, seed=cfg.seed, progress=cfg.trainer.progress)
+        collect_episodes(cfg.task, location, episodes=cfg.demos, seed=cfg.seed, progress=cfg.trainer.progress,
+                         num_workers=2)
     return location
 
 
