@@ -10,14 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from robopol.data.normalize import Normalizer
-from robopol.envs import BatchedEnv, EnvSpec
+from robopol.envs import BatchedEnv, EnvSpec, SimulatorEnv
 from robopol.errors import CheckpointError, ConfigError
+from robopol.video import write_mp4
 
 
 def obs_features(obs: dict[str, torch.Tensor], keys: Sequence[str], normalizer: Normalizer) -> torch.Tensor:
@@ -188,6 +190,26 @@ def evaluate(env: BatchedEnv, actor: ChunkActor, episodes: int, seed: int) -> Ev
         mean_return=float(np.mean(returns)),
         mean_length=float(np.mean(lengths)),
     )
+
+
+def record_video(env: BatchedEnv, actor: ChunkActor, path: str | Path, seed: int, width: int = 256,
+                 height: int = 256) -> Path | None:
+    """Roll out one episode (env 0 of a batch reset with ``seed``) and write it to MP4.
+
+    Returns None for envs that cannot render (they do not implement ``SimulatorEnv``).
+    """
+    if not isinstance(env, SimulatorEnv):
+        return None
+    obs = env.reset(seed=seed)
+    actor.reset()
+    frames = [env.render(0, width, height)]
+    done = False
+    while not done:
+        result = env.step(actor.act(obs))
+        done = bool(result.terminated[0] or result.truncated[0])
+        obs = result.obs
+        frames.append(env.render(0, width, height))
+    return write_mp4(path, frames, fps=1.0 / env.spec.dt if env.spec.dt > 0 else 20.0)
 
 
 def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple[ChunkActor, dict]:

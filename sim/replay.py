@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from robopol.data.store import EpisodeStore
 from robopol.errors import ConfigError
 from robopol.tasks import make_env
+from robopol.video import write_mp4
 
 
 def replay_store(path: str, task_cfg: DictConfig, episodes: list[int] | None = None, video: str | None = None,
@@ -92,16 +93,7 @@ def _replay_one(store: EpisodeStore, env: Any, i: int, video: str | None, width:
             divergence = float("inf")  # the replay ended early: it cannot match the stored episode
             break
     if video:
-        _write_mp4(video, frames, fps=1.0 / env.spec.dt if env.spec.dt > 0 else 20.0)
+        write_mp4(video, frames, fps=1.0 / env.spec.dt if env.spec.dt > 0 else 20.0)
     return {"episode": i, "seed": int(meta.get("seed", -1)), "task_id": task_id, "steps": steps,
             "max_divergence": divergence, "reset_divergence": reset_divergence,
             "success": bool(meta.get("success", False)), "replayed_success": replayed_success, "video": video}
-
-
-def _write_mp4(path: str, frames: list[np.ndarray], fps: float) -> None:
-    import imageio.v2 as imageio
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer:
-        for frame in frames:
-            writer.append_data(frame)

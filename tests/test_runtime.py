@@ -120,3 +120,29 @@ def test_actor_passes_the_sampler_choice_and_rejects_unknown_execution():
     assert policy.kwargs == {}
     with pytest.raises(ConfigError, match="execution must be one of receding, ensemble, got 'chunky'"):
         ChunkActor(policy, identity_normalizer(), ["x"], execution="chunky")
+
+
+def test_record_video_renders_one_episode_and_skips_envs_that_cannot_render(tmp_path):
+    from robopol.cli.app import compose
+    from robopol.runtime import record_video
+    from robopol.tasks import make_env
+
+    class Still:
+        def reset(self):
+            pass
+
+        def act(self, obs):
+            return np.zeros((1, 5), np.float32)
+
+    task = compose("collect", ["task=cube_single_task1", "task.max_episode_steps=5", "out=x"]).task
+    env = make_env(task, num_envs=1, seed=0)
+    try:
+        path = record_video(env, Still(), tmp_path / "v.mp4", seed=3, width=64, height=48)
+    finally:
+        env.close()
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(path)
+    assert len(frames) == 6 and frames[0].shape == (48, 64, 3)  # reset frame + 5 steps
+    assert record_video(PointReachEnv(num_envs=1), Still(), tmp_path / "no.mp4", seed=0) is None
+    assert not (tmp_path / "no.mp4").exists()

@@ -56,7 +56,7 @@ def demo_command(cfg: DictConfig) -> None:
 
 
 def eval_command(cfg: DictConfig) -> None:
-    from robopol.runtime import check_env_matches, evaluate, load_actor
+    from robopol.runtime import check_env_matches, evaluate, load_actor, record_video
     from robopol.tasks import make_env
 
     if cfg.episodes < 1 or cfg.num_envs < 1:
@@ -69,16 +69,20 @@ def eval_command(cfg: DictConfig) -> None:
     task = cfg.task if cfg.get("task") is not None else ckpt.config.task
     env = make_env(task, num_envs=min(cfg.num_envs, cfg.episodes), seed=cfg.seed)
     check_env_matches(env.spec, manifest["env_spec"], manifest["obs_keys"])
-    result = evaluate(env, actor, cfg.episodes, seed=cfg.seed).as_dict()
+    result = {**evaluate(env, actor, cfg.episodes, seed=cfg.seed).as_dict(), "plans": actor.plans}
+    out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / f"eval_step{ckpt.step}.json"
+    videos = [record_video(env, actor, out.parent / "videos" / f"eval_step{ckpt.step}_seed{cfg.seed + i}.mp4",
+                           seed=cfg.seed + i) for i in range(cfg.videos)]
     env.close()
     summary = {"checkpoint": str(ckpt.path), "task": env.spec.task, "step": ckpt.step,
                "execution": cfg.execution, "sampler": cfg.sampler or ckpt.config.policy.get("sampler"),
-               "plans": actor.plans, **result}
-    out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / f"eval_step{ckpt.step}.json"
+               **result, "videos": [str(v) for v in videos if v is not None]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
     _print_eval(result)
     console.print(f"summary: {out}")
+    for video in summary["videos"]:
+        console.print(f"video: {video}")
 
 
 def collect_command(cfg: DictConfig) -> None:

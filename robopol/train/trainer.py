@@ -28,7 +28,7 @@ from robopol.data.store import EpisodeStore
 from robopol.data.validate import check_store
 from robopol.envs import EnvSpec
 from robopol.errors import ConfigError
-from robopol.runtime import ChunkActor, EvalResult, evaluate, obs_features
+from robopol.runtime import ChunkActor, EvalResult, evaluate, obs_features, record_video
 from robopol.tasks import make_env
 from robopol.train.run import MetricsLogger, RunDir, plot_metrics
 
@@ -149,6 +149,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             actor = ChunkActor(algo.eval_policy(), normalizer, obs_keys, ACTION_KEY, device)
             final_eval = evaluate(env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed)
             logger.log(step, final_eval.as_dict(), prefix="eval")
+            record_video(env, actor, run.videos / f"step_{step:08d}.mp4", seed=10_000 + cfg.seed)
         if step % tcfg.ckpt_every == 0 or step == last:
             checkpoint(step)
     bar.close()
