@@ -137,3 +137,10 @@ def test_cli_unknown_subcommand_and_unlanded_capability(tmp_path):
         "(`robopol --help` lists what works)"
     ]
     assert proc.stdout == ""
+
+
+def test_demo_defaults_to_a_flow_policy_on_cube_single_task1():
+    cfg = compose("demo", [])
+    assert cfg.task.name == "cube_single_task1" and cfg.task.task_id == 1
+    assert cfg.policy.name == "flow_mlp" and cfg.policy.backbone == "mlp" and cfg.policy.sampler == "euler"
+    assert cfg.demos == 200 and cfg.trainer.eval_episodes == 100 and cfg.data == ""

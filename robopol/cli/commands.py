@@ -50,9 +50,11 @@ def demo_command(cfg: DictConfig) -> None:
     if result.final_eval is not None:
         _print_eval(result.final_eval.as_dict())
     console.print(f"total time {result.seconds:.1f} s. Outputs in {run}:")
-    console.print(f"  demonstrations  {run / 'demos.zarr'}\n  checkpoints     {run / 'checkpoints'}\n"
+    console.print(f"  demonstrations  {cfg.data or run / 'demos.zarr'}\n  checkpoints     {run / 'checkpoints'}\n"
                   f"  metrics         {run / 'metrics.jsonl'} (TensorBoard: {run / 'tb'})\n"
                   f"  training curve  {run / 'plots' / 'training.png'}")
+    for video in sorted(run.joinpath("videos").glob("*.mp4")):
+        console.print(f"  video           {video}")
 
 
 def eval_command(cfg: DictConfig) -> None:
