@@ -37,6 +37,7 @@ from robopol.errors import CheckpointError
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "latest"
+BEST = "best"
 _LIBRARIES = ("robopol", "torch", "numpy", "safetensors", "diffusers", "zarr", "hydra-core", "mujoco")
 
 
@@ -196,13 +197,24 @@ class Checkpoint:
             raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err})") from err
 
 
+def mark_best(ckpt_root: str | Path, step: int) -> None:
+    """Point ``checkpoints/best`` at the (already saved) checkpoint of ``step``."""
+    _write_atomic(Path(ckpt_root) / BEST, step_dir_name(step))
+
+
 def resolve_checkpoint_dir(path: str | Path) -> Path:
-    """Accept a run directory, its ``checkpoints/`` directory, or one ``step_*`` directory."""
+    """Accept a run directory, its ``checkpoints/`` directory, a ``step_*`` directory, or the
+    ``checkpoints/latest`` / ``checkpoints/best`` pointer files."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"no checkpoint at {p}: the path does not exist")
     if (p / MANIFEST).is_file():
         return p
+    if p.is_file() and p.name in (LATEST, BEST):
+        target = p.parent / p.read_text().strip()
+        if (target / MANIFEST).is_file():
+            return target
+        raise CheckpointError(f"{p} names {target.name}, which is missing or incomplete")
     for root in (p / "checkpoints", p):
         if (root / LATEST).is_file():
             target = root / (root / LATEST).read_text().strip()

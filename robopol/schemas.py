@@ -175,7 +175,7 @@ class EvalCommand:
     """torch device."""
     out: str = ""
     """Where to write the JSON summary; empty writes into the checkpoint's run directory."""
-    videos: int = 1
+    videos: int = 2
     """Episodes to render to MP4 next to the summary (tasks that can render)."""
 
 

@@ -9,6 +9,7 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file
 
+from robopol.checkpoint import load_checkpoint
 from robopol.train.run import read_metrics
 
 TINY = ["trainer.batch_size=16", "trainer.log_every=10", "trainer.eval_episodes=4", "trainer.progress=false",
@@ -20,11 +21,18 @@ def train(tmp_path, run: str, *extra: str, check: bool = True):
 
 
 def test_run_directory_holds_config_metrics_checkpoints_and_plots(tmp_path, toy_store):
-    proc = train(tmp_path, "run", f"data={toy_store}", "trainer.steps=20", "trainer.ckpt_every=10")
+    proc = train(tmp_path, "run", f"data={toy_store}", "trainer.steps=20", "trainer.ckpt_every=10",
+                 "trainer.eval_every=10")
     run = tmp_path / "run"
     assert "trained 20 steps" in proc.stdout and str(run) in proc.stdout and "success rate" in proc.stdout
     assert (run / "config.yaml").is_file() and (run / "overrides.yaml").is_file()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000010", "step_00000020"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "latest", "step_00000010",
+                                                                       "step_00000020"]
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if "eval/success_rate" in r]
+    assert [r["step"] for r in evals] == [10, 20]
+    best = max(evals, key=lambda r: (r["eval/success_rate"], -r["step"]))["step"]
+    assert (run / "checkpoints" / "best").read_text() == f"step_{best:08d}"
+    assert load_checkpoint(run / "checkpoints" / "best").step == best
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records if "train/loss" in r] == [10, 20]
     assert any("val/loss" in r for r in records) and any("eval/success_rate" in r for r in records)

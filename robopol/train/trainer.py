@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from robopol.checkpoint import load_checkpoint, save_checkpoint
+from robopol.checkpoint import load_checkpoint, mark_best, save_checkpoint
 from robopol.data.normalize import Normalizer
 from robopol.data.sampler import WindowConfig, WindowSampler, split_episodes
 from robopol.data.store import EpisodeStore
@@ -100,6 +100,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps)
 
     start = 0
+    best_success = -1.0  # success rate of checkpoints/best
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
         normalizer = Normalizer.from_state(*ckpt.normalizer())
@@ -110,6 +111,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
         if val_sampler is not None:
             val_sampler.load_state_dict(state["val_sampler"])
         _set_rng_states(state["rng"])
+        best_success = state["best_success"]
         start = ckpt.step
         if start >= tcfg.steps:
             raise ConfigError(f"resume={cfg.resume} is already at step {start}; raise trainer.steps above it")
@@ -126,7 +128,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             normalizer=(normalizer.spec(), normalizer.state_dict()),
             training_state={"step": step, "algo": algo.state_dict(), "sampler": sampler.state_dict(),
                             "val_sampler": val_sampler.state_dict() if val_sampler is not None else None,
-                            "rng": _rng_states()},
+                            "best_success": best_success, "rng": _rng_states()},
             extra=extra,
         )
 
@@ -150,6 +152,11 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             final_eval = evaluate(env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed)
             logger.log(step, final_eval.as_dict(), prefix="eval")
             record_video(env, actor, run.videos / f"step_{step:08d}.mp4", seed=10_000 + cfg.seed)
+            if final_eval.success_rate > best_success:
+                best_success = final_eval.success_rate
+                checkpoint(step)
+                mark_best(run.checkpoints, step)
+                continue  # this step is saved already
         if step % tcfg.ckpt_every == 0 or step == last:
             checkpoint(step)
     bar.close()
