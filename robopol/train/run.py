@@ -21,6 +21,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 RUN_OVERRIDES = "overrides.yaml"
+# Evaluation bookkeeping that is drawn as part of another panel (the CI band) or is not a curve at all.
+_NOT_PLOTTED = {"episodes", "success_ci95_low", "success_ci95_high"}
 
 
 class RunDir:
@@ -115,16 +117,24 @@ def plot_metrics(metrics_path: str | Path, out_png: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    bands: dict[str, tuple[list[float], list[float]]] = {}  # eval success: its 95% interval
     for record in read_metrics(metrics_path):
         for key, value in record.items():
             if key == "step" or "/" not in key:
                 continue
             split, name = key.split("/", 1)
+            if name in _NOT_PLOTTED:
+                continue
             xs, ys = series.setdefault(name, {}).setdefault(split, ([], []))
             xs.append(record["step"])
             ys.append(value)
+        if "eval/success_ci95_low" in record:
+            low, high = bands.setdefault("success_rate", ([], []))
+            low.append(record["eval/success_ci95_low"])
+            high.append(record["eval/success_ci95_high"])
     names = sorted(series)
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
@@ -132,8 +142,11 @@ def plot_metrics(metrics_path: str | Path, out_png: str | Path) -> Path:
     for ax, name in zip(axes.flat, names, strict=False):
         for split, (xs, ys) in sorted(series[name].items()):
             ax.plot(xs, ys, label=split, marker="." if len(xs) < 30 else None)
+            if split == "eval" and name in bands:
+                ax.fill_between(xs, *bands[name], alpha=0.2, label="95% CI")
         ax.set_title(name)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
         if name in ("loss", "mse") and all(y > 0 for _, ys in series[name].values() for y in ys):
             ax.set_yscale("log")
         ax.legend(fontsize=8)
