@@ -49,6 +49,12 @@ class MLPDenoiser(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1)).view(batch, self.horizon, self.input_dim)
 
 
+def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    """Raise a ValueError naming the config key when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}, got '{value}'")
+
+
 def build_backbone(
     backbone: str,
     *,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from robopol.policies.base import GenerativePolicy
+from robopol.policies.base import GenerativePolicy, check_choice
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
@@ -47,12 +47,8 @@ class DiffusionPolicy(GenerativePolicy):
         **common: Any,
     ) -> None:
         """Head fields here; ``common`` takes the backbone and loss fields of :class:`GenerativePolicy`."""
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"policy.prediction_type must be one of {', '.join(PREDICTION_TYPES)}, "
-                             f"got '{prediction_type}'")
-        if beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"policy.beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, "
-                             f"got '{beta_schedule}'")
+        check_choice("policy.prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("policy.beta_schedule", beta_schedule, BETA_SCHEDULES)
         if num_train_timesteps < 1:
             raise ValueError(f"policy.num_train_timesteps must be positive, got {num_train_timesteps}")
         super().__init__(obs_dim, action_dim, obs_steps, horizon, action_steps, sampler=sampler,

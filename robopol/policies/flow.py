@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from robopol.policies.base import GenerativePolicy
+from robopol.policies.base import GenerativePolicy, check_choice
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -50,9 +50,7 @@ class FlowPolicy(GenerativePolicy):
         **common: Any,
     ) -> None:
         """Head fields here; ``common`` takes the backbone and loss fields of :class:`GenerativePolicy`."""
-        if time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"policy.time_sampling must be one of {', '.join(TIME_SAMPLINGS)}, "
-                             f"got '{time_sampling}'")
+        check_choice("policy.time_sampling", time_sampling, TIME_SAMPLINGS)
         if logit_std <= 0:
             raise ValueError(f"policy.logit_std must be positive, got {logit_std}")
         super().__init__(obs_dim, action_dim, obs_steps, horizon, action_steps, sampler=sampler,
