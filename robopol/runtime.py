@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robopol.checkpoint import Checkpoint, load_checkpoint
 from robopol.data.normalize import Normalizer
 from robopol.envs import BatchedEnv, EnvSpec, SimulatorEnv
 from robopol.errors import CheckpointError, ConfigError
@@ -212,14 +213,13 @@ def record_video(env: BatchedEnv, actor: ChunkActor, path: str | Path, seed: int
     return write_mp4(path, frames, fps=1.0 / env.spec.dt if env.spec.dt > 0 else 20.0)
 
 
-def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple[ChunkActor, dict]:
-    """Checkpoint (run dir or checkpoint dir) -> actor with the evaluation weights (EMA when saved).
+def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple[ChunkActor, Checkpoint]:
+    """Checkpoint (run dir or checkpoint dir) -> actor with the evaluation weights (EMA when saved), and the
+    checkpoint it came from.
 
     ``actor_options`` go to :class:`ChunkActor` (execution, ensemble_decay, sampler, steps).
     """
     from hydra.utils import instantiate
-
-    from robopol.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     manifest = ckpt.manifest
@@ -231,4 +231,4 @@ def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple
     normalizer = Normalizer.from_state(*ckpt.normalizer())
     actor = ChunkActor(policy.to(device), normalizer, manifest["obs_keys"], manifest.get("action_key", "action"),
                        device, **actor_options)
-    return actor, manifest
+    return actor, ckpt

@@ -63,11 +63,9 @@ def eval_command(cfg: DictConfig) -> None:
 
     if cfg.episodes < 1 or cfg.num_envs < 1:
         raise ConfigError(f"episodes and num_envs must be at least 1, got {cfg.episodes} and {cfg.num_envs}")
-    actor, manifest = load_actor(cfg.ckpt, cfg.device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
-                                 sampler=cfg.sampler or None, steps=cfg.inference_steps or None)
-    from robopol.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(cfg.ckpt, verify=False)
+    actor, ckpt = load_actor(cfg.ckpt, cfg.device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
+                             sampler=cfg.sampler or None, steps=cfg.inference_steps or None)
+    manifest = ckpt.manifest
     task = cfg.task if cfg.get("task") is not None else ckpt.config.task
     env = make_env(task, num_envs=min(cfg.num_envs, cfg.episodes), seed=cfg.seed)
     check_env_matches(env.spec, manifest["env_spec"], manifest["obs_keys"])

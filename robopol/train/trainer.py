@@ -89,10 +89,14 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     sampler = WindowSampler(arrays, store.episode_ends, window, episodes=train_eps, seed=cfg.seed)
     val_sampler = (WindowSampler(arrays, store.episode_ends, window, episodes=val_eps, seed=cfg.seed + 1)
                    if len(val_eps) else None)
-    starts = np.concatenate([[0], store.episode_ends[:-1]])
-    train_steps = np.concatenate([np.arange(starts[e], store.episode_ends[e]) for e in train_eps])
-    normalizer = Normalizer.fit({k: arrays[k][train_steps] for k in [*obs_keys, ACTION_KEY]},
-                                modes={k: "minmax" for k in [*obs_keys, ACTION_KEY]})
+    ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
+    if ckpt is not None:  # the statistics the weights were trained with, not a refit
+        normalizer = Normalizer.from_state(*ckpt.normalizer())
+    else:
+        starts = np.concatenate([[0], store.episode_ends[:-1]])
+        train_steps = np.concatenate([np.arange(starts[e], store.episode_ends[e]) for e in train_eps])
+        normalizer = Normalizer.fit({k: arrays[k][train_steps] for k in [*obs_keys, ACTION_KEY]},
+                                    modes={k: "minmax" for k in [*obs_keys, ACTION_KEY]})
 
     obs_dim = sum(int(np.prod(arrays[k].shape[1:])) for k in obs_keys)
     action_dim = int(np.prod(arrays[ACTION_KEY].shape[1:]))
@@ -101,9 +105,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
 
     start = 0
     best_success = -1.0  # success rate of checkpoints/best
-    if cfg.resume:
-        ckpt = load_checkpoint(cfg.resume)
-        normalizer = Normalizer.from_state(*ckpt.normalizer())
+    if ckpt is not None:
         ckpt.load_modules(algo.modules())
         state = ckpt.training_state()
         algo.load_state_dict(state["algo"])
@@ -118,7 +120,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
 
     if overrides is not None:  # only now: a resume that failed to load must not change the record
         run.record_overrides(overrides)
-    logger = MetricsLogger(run, resume_step=start if cfg.resume else None)
+    logger = MetricsLogger(run, resume_step=start if ckpt is not None else None)
     extra = {"env_spec": env.spec.describe(), "obs_keys": obs_keys, "action_key": ACTION_KEY,
              "obs_dim": obs_dim, "action_dim": action_dim}
 
