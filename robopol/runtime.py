@@ -8,7 +8,9 @@ open loop before planning again. The same actor drives simulation evaluation and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from robopol.checkpoint import Checkpoint, load_checkpoint
 from robopol.data.normalize import Normalizer
 from robopol.envs import BatchedEnv, EnvSpec, SimulatorEnv
 from robopol.errors import CheckpointError, ConfigError
+from robopol.schemas import RTIConfig
 from robopol.video import write_mp4
 
 
@@ -39,6 +42,14 @@ class ChunkActor:
     ``ensemble`` (ACT's temporal ensembling): plan every step and execute, for the current step, the
     average of every still-valid chunk's prediction for it, weighted ``exp(-decay * i)`` with ``i = 0`` for
     the oldest chunk, so older commitments dominate and actions change smoothly.
+    ``sampler="rti"`` (RTI-DP, receding only): the first call after a reset runs the policy's full sampler;
+    each later call shifts the previous clean chunk by the executed steps (repeating its last action), enters
+    the reverse process with it at ``rti.noise_level`` and runs only ``rti.steps`` steps, then executes
+    ``rti.action_steps`` actions (1: fully closed loop).
+
+    Action dims the policy declares discrete (``policy.discrete_dims``, or ``rti.discrete_dims``) are
+    binarised to the normaliser's bounds at execution. The actor counts network function evaluations
+    (``nfe``), executed steps (``steps``) and the wall time of every planning call (``latencies``).
     """
 
     def __init__(
@@ -52,6 +63,7 @@ class ChunkActor:
         ensemble_decay: float = 0.01,
         sampler: str | None = None,
         steps: int | None = None,
+        rti: RTIConfig | None = None,
     ) -> None:
         if execution not in EXECUTIONS:
             raise ConfigError(f"execution must be one of {', '.join(EXECUTIONS)}, got '{execution}'")
@@ -65,16 +77,47 @@ class ChunkActor:
         self.action_steps = policy.action_steps
         self.execution = execution
         self.ensemble_decay = ensemble_decay
+        self.rti = (rti or RTIConfig()) if sampler == "rti" else None
+        if self.rti is not None:
+            self._check_rti(self.rti)
+            self.action_steps = self.rti.action_steps
+            sampler = None  # the first call of an episode runs the policy's own full chain
+        self.discrete_dims = sorted({*getattr(policy, "discrete_dims", ()),
+                                     *(self.rti.discrete_dims if self.rti is not None else ())})
         # Only generative heads take a sampler; pass the choice through only when one was made.
         self._sample_kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v}
         self.plans = 0
+        self.nfe = 0
+        self.steps = 0
+        self.latencies: list[float] = []
         self.reset()
+
+    def _check_rti(self, rti: RTIConfig) -> None:
+        if self.execution != "receding":
+            raise ConfigError("sampler=rti executes chunks receding-horizon; drop execution=ensemble")
+        if not hasattr(self.policy, "refine"):
+            raise ConfigError(f"sampler=rti needs a diffusion or flow policy, got {type(self.policy).__name__}")
+        if not 1 <= rti.action_steps <= self.horizon:
+            raise ConfigError(f"rti.action_steps must be in [1, horizon={self.horizon}], got {rti.action_steps}")
+        if not 0.0 < rti.noise_level <= 1.0 or rti.steps < 1 or rti.clip_factor < 1.0:
+            raise ConfigError(f"rti.noise_level must be in (0, 1], rti.steps >= 1 and rti.clip_factor >= 1, got "
+                              f"{rti.noise_level}, {rti.steps} and {rti.clip_factor}")
 
     def reset(self) -> None:
         """Forget the observation history and pending chunks (episode start, or a human took over)."""
         self._history: list[dict[str, np.ndarray]] = []
         self._chunks: list[tuple[int, np.ndarray]] = []  # (step the chunk was planned at, raw chunk)
         self._t = 0
+        self.reset_warm_start()
+
+    def reset_warm_start(self) -> None:
+        """Make the next RTI call run the full chain again (e.g. after an external correction)."""
+        self._guess: torch.Tensor | None = None  # last clean chunk, normalised, before clipping
+
+    @property
+    def nfe_per_action(self) -> float:
+        """Network function evaluations per executed action (per step of the env batch)."""
+        return self.nfe / max(self.steps, 1)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Raw observations of the current step (leading env axis) -> raw actions ``(N, A)``."""
@@ -84,6 +127,7 @@ class ChunkActor:
         self._history = self._history[-self.obs_steps:]
         t = self._t
         self._t += 1
+        self.steps += 1
         if self.execution == "receding":
             if not self._chunks or t - self._chunks[-1][0] >= self.action_steps:
                 self._chunks = [(t, self._plan())]
@@ -96,15 +140,62 @@ class ChunkActor:
 
     @torch.no_grad()
     def _plan(self) -> np.ndarray:
+        started = time.perf_counter()
         self.plans += 1
         stacked = {
             k: torch.as_tensor(np.stack([h[k] for h in self._history], axis=1), device=self.device)
             for k in self.obs_keys
         }
-        chunk = self.policy.sample(obs_features(stacked, self.obs_keys, self.normalizer), **self._sample_kwargs)
+        obs = obs_features(stacked, self.obs_keys, self.normalizer)
+        with count_calls(getattr(self.policy, "net", self.policy)) as calls:
+            if self.rti is not None and self._guess is not None:
+                chunk = self.policy.refine(obs, self._warm_start_guess(), self.rti.noise_level, self.rti.steps)
+            else:
+                chunk = self.policy.sample(obs, **self._sample_kwargs)
+        self.nfe += calls[0]
+        if self.rti is not None:
+            self._guess = chunk
+        if self.discrete_dims:
+            chunk = chunk.clone()
+            chunk[..., self.discrete_dims] = torch.where(chunk[..., self.discrete_dims] >= 0, 1.0, -1.0)
         low, high = self.normalizer.bounds(self.action_key, like=chunk)
         chunk = torch.clamp(chunk, low, high)
-        return self.normalizer.unnormalize(self.action_key, chunk).cpu().numpy()
+        raw = self.normalizer.unnormalize(self.action_key, chunk).cpu().numpy()
+        self.latencies.append(time.perf_counter() - started)
+        return raw
+
+    def _warm_start_guess(self) -> torch.Tensor:
+        """The previous clean chunk moved ``action_steps`` ahead, its last action repeated; clip-variant
+        discrete dims set to +-1 / clip_factor."""
+        assert self._guess is not None and self.rti is not None
+        k = self.action_steps
+        guess = torch.cat([self._guess[:, k:], self._guess[:, -1:].expand(-1, k, -1)], dim=1)
+        clipped = [d for d in self.rti.discrete_dims if d not in getattr(self.policy, "discrete_dims", ())]
+        if clipped:
+            guess[..., clipped] = torch.where(guess[..., clipped] >= 0, 1.0, -1.0) / self.rti.clip_factor
+        return guess
+
+
+@contextmanager
+def count_calls(module: nn.Module) -> Iterator[list[int]]:
+    """Count forward calls of ``module`` inside the block: yields a one-element list holding the count."""
+    count = [0]
+
+    def hook(*_: object) -> None:
+        count[0] += 1
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+def latency_summary(actor: ChunkActor) -> dict[str, float]:
+    """NFE per executed action and planning-call latency percentiles (ms) of an actor's calls so far."""
+    ms = np.asarray(actor.latencies) * 1e3 if actor.latencies else np.zeros(1)
+    return {"plans": actor.plans, "nfe_per_action": actor.nfe_per_action,
+            "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p99": float(np.percentile(ms, 99))}
 
 
 @dataclass
@@ -217,7 +308,7 @@ def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple
     """Checkpoint (run dir or checkpoint dir) -> actor with the evaluation weights (EMA when saved), and the
     checkpoint it came from.
 
-    ``actor_options`` go to :class:`ChunkActor` (execution, ensemble_decay, sampler, steps).
+    ``actor_options`` go to :class:`ChunkActor` (execution, ensemble_decay, sampler, steps, rti).
     """
     from hydra.utils import instantiate
 

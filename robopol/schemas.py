@@ -76,6 +76,20 @@ class BCConfig(AlgoConfig):
 
 
 @dataclass
+class DistillConfig(BCConfig):
+    """Consistency distillation of a diffusion or flow teacher (``teacher=``) into a one-step student."""
+
+    name: str = "distill"
+    _target_: str = "robopol.algos.distill.Distill"
+    loss: str = "consistency"
+    """consistency (LCM-style: teacher solver step + EMA target + boundary scalings) or action_matching."""
+    solver_steps: int = 20
+    """Equal noise-scale intervals of the teacher's solver grid (consistency loss)."""
+    target_decay: float = 0.95
+    """EMA decay of the consistency target network."""
+
+
+@dataclass
 class RobotConfig:
     """A robot profile: driver, rates and limits used by the control loop and the safety filter."""
 
@@ -147,6 +161,24 @@ class TrainCommand:
     """torch device (cpu, cuda, cuda:1, ...)."""
     resume: str = ""
     """Run directory to continue from its latest checkpoint."""
+    teacher: str = ""
+    """algo=distill: the teacher's run or checkpoint directory (its task, policy, data and normaliser are used)."""
+
+
+@dataclass
+class RTIConfig:
+    """RTI warm start (``sampler=rti``): refine the previous chunk, shifted, in a few reverse steps."""
+
+    noise_level: float = 0.05
+    """Noise scale in (0, 1] the shifted guess enters the reverse process at (diffusion K'/K, flow 1 - t)."""
+    steps: int = 3
+    """Reverse steps (network calls) from that level down to the clean chunk."""
+    action_steps: int = 1
+    """Actions executed per call before the next warm-started call (1: fully closed loop)."""
+    discrete_dims: list[int] = field(default_factory=list)
+    """Binary action dims (a gripper) of a policy trained without policy.discrete_dims (the clip variant)."""
+    clip_factor: float = 1.0
+    """Clip variant: discrete entries of the guess are set to +-1 / clip_factor (RTI-DP: 1 low-dim, 10 image)."""
 
 
 @dataclass
@@ -166,9 +198,11 @@ class EvalCommand:
     ensemble_decay: float = 0.01
     """Temporal ensembling weight decay m in exp(-m * i), i = 0 for the oldest chunk."""
     sampler: str = ""
-    """Sampler of a generative head (ddpm, ddim, euler, midpoint); empty keeps the policy's own."""
+    """ddpm, ddim (diffusion), euler, midpoint (flow), one_step (mean-flow), consistency (distilled), rti
+    (warm start of a diffusion or flow policy); empty keeps the policy's own."""
     inference_steps: int = 0
-    """Sampler steps; 0 keeps the policy's own."""
+    """Sampler steps; 0 keeps the policy's own (with rti: the steps of the first, full-chain call)."""
+    rti: RTIConfig = field(default_factory=RTIConfig)
     seed: int = 1000
     """Seed of the first episode."""
     device: str = "cpu"
@@ -227,11 +261,19 @@ class BenchCommand:
     """``robopol bench SUITE``: measure speed, print a table, write JSON."""
 
     suite: str = MISSING
-    """What to benchmark (data, ...)."""
+    """What to benchmark: data, sim, policy or inference."""
     out_dir: str = "runs/bench"
     """Where the JSON results go."""
     quick: bool = False
     """Smaller sizes, for a smoke run."""
+    task: Any = None
+    """inference: the task to train and evaluate on (default cube_single_task1)."""
+    demos: int = 200
+    """inference: expert demonstrations to train on."""
+    train_steps: int = 15000
+    """inference: gradient steps of each imitation model (the consistency student gets a third)."""
+    episodes: int = 100
+    """inference: evaluation episodes per sampler."""
 
 
 @dataclass
@@ -271,7 +313,7 @@ def group_schemas() -> dict[str, dict[str, type]]:
     return {
         "task": TASK_SCHEMAS,
         "policy": POLICY_SCHEMAS,
-        "algo": {"bc": BCConfig},
+        "algo": {"bc": BCConfig, "distill": DistillConfig},
         "robot": {"robot": RobotConfig},
     }
 

@@ -37,9 +37,14 @@ class BC:
         )
         self.ema = copy.deepcopy(policy).requires_grad_(False) if ema_decay > 0 else None
 
+    def loss(self, batch: dict[str, torch.Tensor],
+             policy: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of ``policy`` (default: the trained one) on a batch: its own imitation loss."""
+        return (self.policy if policy is None else policy).loss(batch)
+
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.policy.train()
-        loss, metrics = self.policy.loss(batch)
+        loss, metrics = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip > 0:
@@ -54,7 +59,7 @@ class BC:
     def validation_loss(self, batch: dict[str, torch.Tensor]) -> float:
         policy = self.eval_policy()
         policy.eval()
-        return policy.loss(batch)[0].item()
+        return self.loss(batch, policy)[0].item()
 
     def eval_policy(self) -> nn.Module:
         """The weights to evaluate and deploy: the EMA copy when enabled."""

@@ -58,18 +58,18 @@ def demo_command(cfg: DictConfig) -> None:
 
 
 def eval_command(cfg: DictConfig) -> None:
-    from robopol.runtime import check_env_matches, evaluate, load_actor, record_video
+    from robopol.runtime import check_env_matches, evaluate, latency_summary, load_actor, record_video
     from robopol.tasks import make_env
 
     if cfg.episodes < 1 or cfg.num_envs < 1:
         raise ConfigError(f"episodes and num_envs must be at least 1, got {cfg.episodes} and {cfg.num_envs}")
     actor, ckpt = load_actor(cfg.ckpt, cfg.device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
-                             sampler=cfg.sampler or None, steps=cfg.inference_steps or None)
+                             sampler=cfg.sampler or None, steps=cfg.inference_steps or None, rti=cfg.rti)
     manifest = ckpt.manifest
     task = cfg.task if cfg.get("task") is not None else ckpt.config.task
     env = make_env(task, num_envs=min(cfg.num_envs, cfg.episodes), seed=cfg.seed)
     check_env_matches(env.spec, manifest["env_spec"], manifest["obs_keys"])
-    result = {**evaluate(env, actor, cfg.episodes, seed=cfg.seed).as_dict(), "plans": actor.plans}
+    result = {**evaluate(env, actor, cfg.episodes, seed=cfg.seed).as_dict(), **latency_summary(actor)}
     out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / f"eval_step{ckpt.step}.json"
     videos = [record_video(env, actor, out.parent / "videos" / f"eval_step{ckpt.step}_seed{cfg.seed + i}.mp4",
                            seed=cfg.seed + i) for i in range(cfg.videos)]
@@ -188,7 +188,7 @@ def _data_replay(cfg: DictConfig) -> None:
 
 def bench_command(cfg: DictConfig) -> None:
     suites: dict[str, Callable[[DictConfig], object]] = {
-        "data": _bench_data, "sim": _bench_sim, "policy": _bench_policy,
+        "data": _bench_data, "sim": _bench_sim, "policy": _bench_policy, "inference": _bench_inference,
     }
     planned = ("sim", "policy", "inference", "offline", "control", "online", "scale")
     if cfg.suite in planned and cfg.suite not in suites:
@@ -216,6 +216,12 @@ def _bench_policy(cfg: DictConfig) -> None:
     bench_policy(cfg.out_dir, quick=cfg.quick)
 
 
+def _bench_inference(cfg: DictConfig) -> None:
+    from robopol.bench.inference import bench_inference
+
+    bench_inference(cfg)
+
+
 def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
@@ -227,6 +233,10 @@ def _print_eval(result: dict) -> None:
         f"{result['episodes']} episodes; mean return {result['mean_return']:.3f}, "
         f"mean length {result['mean_length']:.1f}"
     )
+    if "nfe_per_action" in result:
+        console.print(f"{result['nfe_per_action']:.2f} network evaluations per executed action; planning call "
+                      f"latency p50 {result['latency_ms_p50']:.2f} ms, p99 {result['latency_ms_p99']:.2f} ms "
+                      f"({result['plans']} calls)")
 
 
 COMMAND_FUNCTIONS: dict[str, Callable[[DictConfig], None]] = {

@@ -7,10 +7,21 @@ the interface of :class:`robopol.policies.mlp.MLPPolicy`:
   order, from ``generator`` or torch's global RNG), asks the head for ``(prediction, target)`` and returns
   their mean squared error, ignoring padded steps when ``mask_padding`` is set;
 - ``sample(obs, generator, sampler, steps)`` starts from Gaussian noise and lets the head integrate it with
-  the chosen sampler and number of steps (defaults: the config's ``sampler`` / ``inference_steps``).
+  the chosen sampler and number of steps (defaults: the config's ``sampler`` / ``inference_steps``);
+- ``refine(obs, guess, noise_scale, steps)`` (RTI warm start) places a guessed clean chunk at an intermediate
+  noise level and runs only the last ``steps`` deterministic reverse steps from there.
 
 Heads implement ``draw_level``, ``training_pair`` and ``integrate``; every network call goes through
 ``self.net``. Backbones take ``x`` ``(B, H, A)``, ``level`` ``(B,)`` and ``obs`` ``(B, To, obs_dim)``.
+
+Heads with a deterministic reverse process (diffusion, flow) also describe it level by level, which is what
+RTI warm starts and consistency distillation build on: ``noise_scale(level)`` in [0, 1] (0 clean, 1 pure
+noise) and its inverse ``level_at``, ``noised`` (the forward process), ``denoised`` (the clean-chunk estimate
+of one network call) and ``solver_step`` (one DDIM / Euler step between two levels).
+
+Discrete action dimensions (a gripper) can be trained scaled down (RTI-DP's scaling method: a binary
+command then moves as little as the continuous ones between control steps); ``sample`` and ``refine`` undo the
+scaling, so callers always see the normalised action space.
 """
 
 from __future__ import annotations
@@ -112,6 +123,13 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | 
     return (error * keep).sum() / keep.sum().clamp_min(1)
 
 
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B,)`` squared error of each sample, averaged over action dims and its non-padding chunk steps."""
+    error = (pred - target).pow(2).mean(-1)
+    keep = torch.ones_like(error) if is_pad is None else (~is_pad).to(error.dtype)
+    return (error * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+
+
 class GenerativePolicy(nn.Module, ABC):
     """Backbone + generative head over action chunks; subclasses define the noise process and samplers."""
 
@@ -145,6 +163,8 @@ class GenerativePolicy(nn.Module, ABC):
         n_layers: int = 4,
         dropout: float = 0.1,
         mask_padding: bool = True,
+        discrete_dims: Sequence[int] = (),
+        discrete_scale: float = 1.0,
     ) -> None:
         """Fields as in :class:`robopol.policies.configs.GenerativePolicyConfig`; ``max_steps`` caps the
         sampler steps a head can take (a diffusion head's K training levels), None for no cap."""
@@ -155,6 +175,13 @@ class GenerativePolicy(nn.Module, ABC):
         self.obs_steps, self.horizon, self.action_steps = obs_steps, horizon, action_steps
         self.mask_padding = mask_padding
         self.max_steps = max_steps
+        bad = [d for d in discrete_dims if not 0 <= d < action_dim]
+        if bad:
+            raise ValueError(f"policy.discrete_dims must index the {action_dim} action dims, "
+                             f"got {list(discrete_dims)}")
+        if not 0.0 < discrete_scale <= 1.0:
+            raise ValueError(f"policy.discrete_scale must be in (0, 1], got {discrete_scale}")
+        self.discrete_dims, self.discrete_scale = sorted(set(discrete_dims)), discrete_scale
         self.sampler, self.inference_steps = self.resolve_sampler(sampler, inference_steps, config=True)
         self.net = build_backbone(
             backbone, action_dim=action_dim, horizon=horizon, obs_dim=obs_dim, obs_steps=obs_steps,
@@ -178,17 +205,45 @@ class GenerativePolicy(nn.Module, ABC):
                   generator: torch.Generator | None) -> torch.Tensor:
         """Turn pure noise ``x`` into a chunk with ``sampler`` in ``steps`` steps."""
 
+    # ------------------------------------------------------------------ the reverse process, level by level
+
+    @abstractmethod
+    def noise_scale(self, level: torch.Tensor) -> torch.Tensor:
+        """How noisy ``level`` is, in [0, 1]: 0 the clean chunk, 1 pure noise."""
+
+    @abstractmethod
+    def level_at(self, scale: float) -> torch.Tensor:
+        """The level whose noise scale is ``scale`` (the nearest one for discrete schedules), a 0-d CPU tensor."""
+
+    @abstractmethod
+    def noised(self, action: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Forward process: clean chunks ``(B, H, A)`` noised to ``level`` ``(B,)``."""
+
+    @abstractmethod
+    def denoised(self, x: torch.Tensor, level: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """Estimate of the clean chunk from ``x`` at ``level`` in one network call."""
+
+    @abstractmethod
+    def solver_step(self, x: torch.Tensor, level: torch.Tensor, next_level: torch.Tensor,
+                    obs: torch.Tensor) -> torch.Tensor:
+        """One deterministic reverse step from ``level`` to the less noisy ``next_level`` (one network call)."""
+
     # ------------------------------------------------------------------ the shared interface
 
     def loss(self, batch: dict[str, torch.Tensor],
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean squared error of the head's prediction on a batch of normalised windows."""
-        action, obs = batch["action"], batch["obs"]
-        self._check_obs(obs)
+        action, obs = self.to_internal(batch["action"]), batch["obs"]
+        self.check_obs(obs)
         noise = torch.randn(action.shape, generator=generator, device=action.device, dtype=action.dtype)
         level = self.draw_level(action.shape[0], generator, action.device)
         pred, target = self.training_pair(action, obs, noise, level)
         is_pad = batch.get("action_is_pad") if self.mask_padding else None
+        return self.regression_loss(pred, target, is_pad)
+
+    def regression_loss(self, pred: torch.Tensor, target: torch.Tensor,
+                        is_pad: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss from ``(prediction, target)``: the masked mean squared error."""
         loss = masked_mse(pred, target, is_pad)
         return loss, {self.METRIC: loss.item()}
 
@@ -196,11 +251,48 @@ class GenerativePolicy(nn.Module, ABC):
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None, sampler: str | None = None,
                steps: int | None = None) -> torch.Tensor:
         """``obs`` (B, To, obs_dim) normalised -> action chunk (B, H, A) in normalised action space."""
-        self._check_obs(obs)
+        self.check_obs(obs)
         sampler, steps = self.resolve_sampler(sampler, steps)
         x = torch.randn((obs.shape[0], self.horizon, self.action_dim), generator=generator, device=obs.device,
                         dtype=obs.dtype)
-        return self.integrate(x, obs, sampler, steps, generator)
+        return self.to_external(self.integrate(x, obs, sampler, steps, generator))
+
+    @torch.no_grad()
+    def refine(self, obs: torch.Tensor, guess: torch.Tensor, noise_scale: float, steps: int) -> torch.Tensor:
+        """RTI warm start: take ``guess`` (B, H, A), a clean chunk in normalised action space, as the state
+        at noise scale ``noise_scale`` and run ``steps`` deterministic reverse steps down to the clean chunk.
+
+        As in RTI-DP the guess is used as it is, without adding noise. Consecutive levels that round to the
+        same discrete level are merged, so the network may be called fewer than ``steps`` times.
+        """
+        self.check_obs(obs)
+        if not 0.0 < noise_scale <= 1.0:
+            raise ValueError(f"the warm-start noise level must be in (0, 1], got {noise_scale}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"the warm-start steps must be a positive integer, got {steps!r}")
+        levels = [self.level_at(noise_scale * (1 - i / steps)).to(guess.device) for i in range(steps + 1)]
+        x = self.to_internal(guess)
+        batch = x.shape[0]
+        for level, next_level in zip(levels[:-1], levels[1:], strict=True):
+            if not torch.equal(level, next_level):
+                x = self.solver_step(x, level.expand(batch), next_level.expand(batch), obs)
+        return self.to_external(x)
+
+    def to_internal(self, action: torch.Tensor) -> torch.Tensor:
+        """Normalised actions -> the space the head models (discrete dims times ``discrete_scale``)."""
+        if not self.discrete_dims or self.discrete_scale == 1.0:
+            return action
+        scale = torch.ones(self.action_dim, dtype=action.dtype, device=action.device)
+        scale[self.discrete_dims] = self.discrete_scale
+        return action * scale
+
+    def to_external(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_internal`."""
+        if not self.discrete_dims or self.discrete_scale == 1.0:
+            return x
+        scale = torch.ones(self.action_dim, dtype=x.dtype, device=x.device)
+        scale[self.discrete_dims] = self.discrete_scale
+        return x / scale
 
     def resolve_sampler(self, sampler: str | None, steps: int | None,
                         config: bool = False) -> tuple[str, int]:
@@ -218,7 +310,7 @@ class GenerativePolicy(nn.Module, ABC):
                              f"(policy.num_train_timesteps)")
         return sampler, steps
 
-    def _check_obs(self, obs: torch.Tensor) -> None:
+    def check_obs(self, obs: torch.Tensor) -> None:
         if obs.dim() != 3 or obs.shape[1:] != (self.obs_steps, self.obs_dim):
             raise ValueError(f"obs must have shape (B, obs_steps={self.obs_steps}, obs_dim={self.obs_dim}), "
                              f"got {tuple(obs.shape)}")

@@ -20,12 +20,13 @@ from torch import nn
 from robopol.bench.report import write_report
 from robopol.policies.diffusion import DiffusionPolicy
 from robopol.policies.flow import FlowPolicy
+from robopol.policies.meanflow import MeanFlowPolicy
 from robopol.policies.mlp import MLPPolicy
 
 # Shapes of a small arm task: 2 observation steps of 20 features, 16-step chunks of 7-D actions.
 OBS_DIM, OBS_STEPS, HORIZON, ACTION_DIM, BATCH = 20, 2, 16, 7, 256
 SAMPLERS = [(DiffusionPolicy, "ddpm", 100), (DiffusionPolicy, "ddim", 10), (FlowPolicy, "euler", 10),
-            (FlowPolicy, "midpoint", 5)]
+            (FlowPolicy, "midpoint", 5), (MeanFlowPolicy, "one_step", 1)]
 
 
 def _timings(fns: Sequence[Callable[[], Any]], min_reps: int, budget_s: float, warmup: int = 2) -> np.ndarray:
@@ -95,15 +96,18 @@ def bench_policy(out_dir: str | Path, quick: bool = False) -> list[dict[str, Any
     level = torch.full((1,), 0.5)
     rows: list[dict[str, Any]] = []
     for backbone, sizes in backbones.items():
-        for cls in (DiffusionPolicy, FlowPolicy):
+        for cls in (DiffusionPolicy, FlowPolicy, MeanFlowPolicy):
             policy = cls(**shape, **sizes)
             train_sps = _train_steps_per_s(policy, train_steps)
             for _, sampler, steps in (s for s in SAMPLERS if s[0] is cls):
                 nfe = 2 * steps if sampler == "midpoint" else steps
 
-                def net_calls(policy: nn.Module = policy, nfe: int = nfe) -> None:
+                # the mean-flow network takes a (t, r) pair per sample
+                net_level = level.expand(1, 2) if cls is MeanFlowPolicy else level
+
+                def net_calls(policy: nn.Module = policy, nfe: int = nfe, net_level: torch.Tensor = net_level) -> None:
                     for _ in range(nfe):
-                        policy.net(x, level, obs)
+                        policy.net(x, net_level, obs)
 
                 def sample(policy: nn.Module = policy, sampler: str = sampler, steps: int = steps) -> None:
                     policy.sample(obs, sampler=sampler, steps=steps)

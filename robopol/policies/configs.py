@@ -53,6 +53,10 @@ class GenerativePolicyConfig(PolicyConfig):
     """transformer backbone: dropout in attention and feed-forward layers."""
     mask_padding: bool = True
     """Leave chunk steps padded past an episode's end (action_is_pad) out of the loss."""
+    discrete_dims: list[int] = field(default_factory=list)
+    """Action dims that are binary commands (a gripper): binarised to the bounds at execution."""
+    discrete_scale: float = 1.0
+    """Training scale of discrete_dims (RTI-DP's scaling method: 0.1); sampling undoes it."""
     sampler: str = MISSING
     """Sampler used by sample() unless the caller names one."""
     inference_steps: int = 10
@@ -99,9 +103,32 @@ class FlowPolicyConfig(GenerativePolicyConfig):
     """Integration steps used by sample() unless the caller passes steps."""
 
 
+@dataclass
+class MeanFlowPolicyConfig(GenerativePolicyConfig):
+    """Mean-flow head (OFQL's generator): average velocity by the MeanFlow identity, one network call per chunk."""
+
+    name: str = "meanflow"
+    _target_: str = "robopol.policies.meanflow.MeanFlowPolicy"
+    flow_ratio: float = 0.5
+    """Probability lambda that r = t in training (plain flow matching); OFQL: 0.5."""
+    adaptive_power: float = 1.0
+    """MeanFlow's adaptive loss weight 1 / (error + eps) ** p; 0 gives plain mean squared error."""
+    adaptive_eps: float = 1.0e-3
+    """eps of the adaptive loss weight."""
+    logit_mean: float = 0.4
+    """Mean of the logit-normal (t, r) draws (OFQL's -0.4 with its noise-at-1 convention)."""
+    logit_std: float = 1.0
+    """Std of the logit-normal (t, r) draws."""
+    sampler: str = "one_step"
+    """one_step (average-velocity jumps), euler or midpoint (instantaneous velocity u(x, t, t))."""
+    inference_steps: int = 1
+    """Jumps (one_step) or integration steps (euler, midpoint) used by sample()."""
+
+
 # Schema of each policy option (``configs/policy/<name>.yaml`` extends ``/schemas/policy/<schema>``).
 POLICY_SCHEMAS: dict[str, type[PolicyConfig]] = {
     "mlp": MLPPolicyConfig,
     "diffusion": DiffusionPolicyConfig,
     "flow": FlowPolicyConfig,
+    "meanflow": MeanFlowPolicyConfig,
 }

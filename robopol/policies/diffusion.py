@@ -7,6 +7,11 @@ scheduler's ``set_timesteps`` + ``step`` loop from Gaussian noise; DDPM with N s
 times, DDIM (eta = 0, deterministic given the initial noise) k times. With ``clip_sample`` the schedulers
 clip each predicted clean chunk to ``[-clip_sample_range, clip_sample_range]``, the range of min-max
 normalised actions.
+
+Level by level (RTI warm starts, consistency distillation) the level is the integer timestep ``k`` with
+``-1`` for the clean chunk (``abar = 1``), its noise scale ``(k + 1) / K``, and a solver step is the DDIM
+(eta = 0) update between any two timesteps, written out here because diffusers' ``step`` only moves between
+the timesteps of its own ``set_timesteps`` grid.
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ class DiffusionPolicy(GenerativePolicy):
                               prediction_type=prediction_type, clip_sample=clip_sample,
                               clip_sample_range=clip_sample_range)
         self.noise_scheduler = DDPMScheduler(**self._schedule)
+        self.clip_sample, self.clip_sample_range = clip_sample, clip_sample_range
+        # abar per level k + 1: index 0 is the clean chunk (k = -1, abar = 1). Derived, so not persistent.
+        alpha_bar = torch.cat([torch.ones(1), self.noise_scheduler.alphas_cumprod.float()])
+        self.register_buffer("_alpha_bar", alpha_bar, persistent=False)
         # (sampler, steps) -> scheduler with its timesteps set: set_timesteps mutates a scheduler, so each
         # step count keeps its own instance and repeated calls pay nothing for it.
         self._sampling: dict[tuple[str, int], tuple[DDPMScheduler | DDIMScheduler, list[int]]] = {}
@@ -92,3 +101,45 @@ class DiffusionPolicy(GenerativePolicy):
             scheduler.set_timesteps(steps)
             self._sampling[key] = (scheduler, [int(t) for t in scheduler.timesteps])
         return self._sampling[key]
+
+    # ------------------------------------------------------------------ the reverse process, level by level
+
+    def noise_scale(self, level: torch.Tensor) -> torch.Tensor:
+        return (level + 1).float() / self.num_train_timesteps
+
+    def level_at(self, scale: float) -> torch.Tensor:
+        k = min(max(round(scale * self.num_train_timesteps) - 1, -1), self.num_train_timesteps - 1)
+        return torch.tensor(k)
+
+    def noised(self, action: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        alpha_bar = self._abar(level, action)
+        return alpha_bar.sqrt() * action + (1 - alpha_bar).sqrt() * noise
+
+    def denoised(self, x: torch.Tensor, level: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        return self._clean_and_noise(x, level, obs)[0]
+
+    def solver_step(self, x: torch.Tensor, level: torch.Tensor, next_level: torch.Tensor,
+                    obs: torch.Tensor) -> torch.Tensor:
+        clean, noise = self._clean_and_noise(x, level, obs)
+        alpha_bar = self._abar(next_level, x)
+        return alpha_bar.sqrt() * clean + (1 - alpha_bar).sqrt() * noise
+
+    def _abar(self, level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return self._alpha_bar[level.long() + 1].reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+    def _clean_and_noise(self, x: torch.Tensor, level: torch.Tensor,
+                         obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's clean-chunk and noise estimates at ``level`` (k >= 0), clean clipped like diffusers'
+        DDIM step does (which keeps the unclipped noise estimate)."""
+        out = self.net(x, level, obs)
+        alpha_bar = self._abar(level, x)
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        if self.prediction_type == "epsilon":
+            clean, noise = (x - s * out) / a, out
+        elif self.prediction_type == "sample":
+            clean, noise = out, (x - a * out) / s
+        else:
+            clean, noise = a * x - s * out, a * out + s * x
+        if self.clip_sample:
+            clean = clean.clamp(-self.clip_sample_range, self.clip_sample_range)
+        return clean, noise

@@ -20,7 +20,7 @@ TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 def flow_path(noise: torch.Tensor, data: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Point ``x_t = (1 - t) noise + t data`` and target velocity ``data - noise``; ``t`` is ``(B,)``."""
-    tb = t.reshape(-1, *([1] * (data.dim() - 1))).to(data.dtype)
+    tb = per_sample(t, data)
     return (1 - tb) * noise + tb * data, data - noise
 
 
@@ -63,18 +63,45 @@ class FlowPolicy(GenerativePolicy):
         z = torch.randn(batch, generator=generator, device=device)
         return torch.sigmoid(self.logit_mean + self.logit_std * z)
 
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """The instantaneous velocity ``v(x, t; obs)``: one network call."""
+        return self.net(x, t, obs)
+
     def training_pair(self, action: torch.Tensor, obs: torch.Tensor, noise: torch.Tensor,
                       level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_t, velocity = flow_path(noise, action, level)
-        return self.net(x_t, level, obs), velocity
+        return self.velocity(x_t, level, obs), velocity
 
     def integrate(self, x: torch.Tensor, obs: torch.Tensor, sampler: str, steps: int,
                   generator: torch.Generator | None) -> torch.Tensor:
         dt = 1.0 / steps
         for i in range(steps):
             t = x.new_full((x.shape[0],), i * dt)
-            v = self.net(x, t, obs)
+            v = self.velocity(x, t, obs)
             if sampler == "midpoint":
-                v = self.net(x + 0.5 * dt * v, t + 0.5 * dt, obs)
+                v = self.velocity(x + 0.5 * dt * v, t + 0.5 * dt, obs)
             x = x + dt * v
         return x
+
+    # The level is the time t: noise scale 1 - t, Euler steps, clean estimate x + (1 - t) v.
+
+    def noise_scale(self, level: torch.Tensor) -> torch.Tensor:
+        return 1.0 - level
+
+    def level_at(self, scale: float) -> torch.Tensor:
+        return torch.tensor(1.0 - scale)
+
+    def noised(self, action: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return flow_path(noise, action, level)[0]
+
+    def denoised(self, x: torch.Tensor, level: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        return x + per_sample(1.0 - level, x) * self.velocity(x, level, obs)
+
+    def solver_step(self, x: torch.Tensor, level: torch.Tensor, next_level: torch.Tensor,
+                    obs: torch.Tensor) -> torch.Tensor:
+        return x + per_sample(next_level - level, x) * self.velocity(x, level, obs)
+
+
+def per_sample(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` -> ``(B, 1, ..., 1)`` broadcastable against ``like``."""
+    return value.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 from tqdm.auto import tqdm
 
-from robopol.checkpoint import load_checkpoint, mark_best, save_checkpoint
+from robopol.checkpoint import Checkpoint, load_checkpoint, mark_best, save_checkpoint
 from robopol.data.normalize import Normalizer
 from robopol.data.sampler import WindowConfig, WindowSampler, split_episodes
 from robopol.data.store import EpisodeStore
@@ -70,6 +71,9 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
     device = torch.device(cfg.device)
+    teacher_ckpt = load_checkpoint(cfg.teacher) if _check_teacher(cfg, overrides or []) else None
+    if teacher_ckpt is not None:
+        cfg = student_config(cfg, teacher_ckpt)
     run = RunDir(run_root)
     run.save_config(cfg)
     seed_everything(cfg.seed)
@@ -82,26 +86,32 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     arrays = store.load([*obs_keys, ACTION_KEY])
     _check_data_matches_task(arrays, env.spec, data_location)
 
-    train_eps, val_eps = split_episodes(len(store), tcfg.val_fraction, seed=cfg.seed)
+    obs_dim = sum(int(np.prod(arrays[k].shape[1:])) for k in obs_keys)
+    action_dim = int(np.prod(arrays[ACTION_KEY].shape[1:]))
     pcfg = cfg.policy
-    window = WindowConfig(obs_keys=tuple(obs_keys), action_key=ACTION_KEY, obs_steps=pcfg.obs_steps,
-                          horizon=pcfg.horizon)
+    policy = build(pcfg, "policy", obs_dim=obs_dim, action_dim=action_dim).to(device)
+    teacher = None
+    if teacher_ckpt is not None:  # the student starts from the teacher's weights
+        teacher = _load_teacher(teacher_ckpt, obs_dim, action_dim).to(device)
+        policy.head.load_state_dict(teacher.state_dict())
+
+    train_eps, val_eps = split_episodes(len(store), tcfg.val_fraction, seed=cfg.seed)
+    window = WindowConfig(obs_keys=tuple(obs_keys), action_key=ACTION_KEY, obs_steps=policy.obs_steps,
+                          horizon=policy.horizon)
     sampler = WindowSampler(arrays, store.episode_ends, window, episodes=train_eps, seed=cfg.seed)
     val_sampler = (WindowSampler(arrays, store.episode_ends, window, episodes=val_eps, seed=cfg.seed + 1)
                    if len(val_eps) else None)
     ckpt = load_checkpoint(cfg.resume) if cfg.resume else None
-    if ckpt is not None:  # the statistics the weights were trained with, not a refit
-        normalizer = Normalizer.from_state(*ckpt.normalizer())
+    if ckpt is not None or teacher_ckpt is not None:  # the statistics the weights were trained with
+        normalizer = Normalizer.from_state(*(ckpt or teacher_ckpt).normalizer())
     else:
         starts = np.concatenate([[0], store.episode_ends[:-1]])
         train_steps = np.concatenate([np.arange(starts[e], store.episode_ends[e]) for e in train_eps])
         normalizer = Normalizer.fit({k: arrays[k][train_steps] for k in [*obs_keys, ACTION_KEY]},
                                     modes={k: "minmax" for k in [*obs_keys, ACTION_KEY]})
 
-    obs_dim = sum(int(np.prod(arrays[k].shape[1:])) for k in obs_keys)
-    action_dim = int(np.prod(arrays[ACTION_KEY].shape[1:]))
-    policy = build(pcfg, "policy", obs_dim=obs_dim, action_dim=action_dim).to(device)
-    algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps)
+    algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps,
+                 **({"teacher": teacher} if teacher is not None else {}))
 
     start = 0
     best_success = -1.0  # success rate of checkpoints/best
@@ -175,6 +185,50 @@ def build(node: DictConfig, group: str, **kwargs: Any) -> Any:
     except InstantiationException as err:
         cause = err.__cause__ if isinstance(err.__cause__, ValueError | TypeError) else err
         raise ConfigError(f"{group}={node.name}: {cause}") from err
+
+
+def _check_teacher(cfg: DictConfig, overrides: list[str]) -> bool:
+    """Whether this run distils a teacher; errors for a teacher without algo=distill and vice versa."""
+    distill = cfg.algo.name == "distill"
+    if distill and not cfg.teacher:
+        raise ConfigError("algo=distill needs teacher=<run or checkpoint directory of a diffusion or flow policy>")
+    if cfg.teacher and not distill:
+        raise ConfigError(f"teacher={cfg.teacher} is only used by algo=distill, got algo={cfg.algo.name}")
+    given = [o for o in overrides if o.split("=")[0].lstrip("+~").split(".")[0] in ("task", "policy")]
+    if distill and given:
+        raise ConfigError(f"algo=distill takes the task and policy from the teacher checkpoint; drop "
+                          f"{' '.join(given)}")
+    return distill
+
+
+def student_config(cfg: DictConfig, teacher: Checkpoint) -> DictConfig:
+    """The run's config with the teacher's task, the student policy around the teacher's head and, when
+    ``data`` is empty, the teacher's data (its ``data`` or the demonstrations collected into its run)."""
+    from robopol.policies.base import GenerativePolicy
+
+    head = teacher.config.policy
+    if not issubclass(get_class(head._target_), GenerativePolicy):
+        raise ConfigError(f"teacher={cfg.teacher} is a '{head.name}' policy; algo=distill needs a diffusion or "
+                          "flow teacher")
+    student = OmegaConf.create({"name": "consistency", "_target_": "robopol.policies.consistency.ConsistencyPolicy",
+                                "_recursive_": False, "head": OmegaConf.to_container(head),
+                                "sampler": "consistency", "inference_steps": 1})
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.task = teacher.config.task
+        cfg.policy = student
+        if not cfg.data:
+            cfg.data = teacher.config.get("data") or str(teacher.path.parent.parent / "demos.zarr")
+    return cfg
+
+
+def _load_teacher(ckpt: Checkpoint, obs_dim: int, action_dim: int) -> nn.Module:
+    if (ckpt.manifest.get("obs_dim"), ckpt.manifest.get("action_dim")) != (obs_dim, action_dim):
+        raise ConfigError(f"teacher {ckpt.path} was trained on {ckpt.manifest.get('obs_dim')}-d observations and "
+                          f"{ckpt.manifest.get('action_dim')}-d actions, the data has {obs_dim} and {action_dim}")
+    teacher = build(ckpt.config.policy, "policy", obs_dim=obs_dim, action_dim=action_dim)
+    ckpt.load_modules({"ema" if "ema" in ckpt.module_names() else "policy": teacher})
+    return teacher
 
 
 def _collect_demos(cfg: DictConfig, run: RunDir) -> str:

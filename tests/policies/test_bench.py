@@ -14,7 +14,8 @@ def test_bench_policy_quick_writes_every_row(tmp_path):
     seen = {(r["policy"], r["backbone"], r["nfe"]) for r in rows}
     expected = {(f"{head} {sampler}", backbone, nfe) for backbone in ("mlp", "unet")
                 for head, sampler, nfe in [("diffusion", "ddpm-100", 100), ("diffusion", "ddim-10", 10),
-                                           ("flow", "euler-10", 10), ("flow", "midpoint-5", 10)]}
+                                           ("flow", "euler-10", 10), ("flow", "midpoint-5", 10),
+                                           ("meanflow", "one_step-1", 1)]}
     assert seen == expected | {("mlp", "mlp", 1)}
     for row in rows:
         assert row["p50_ms"] <= row["p99_ms"]

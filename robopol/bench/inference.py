@@ -1,0 +1,197 @@
+"""``robopol bench inference task=...``: success, network evaluations and latency of every fast sampler.
+
+On one task the suite collects expert demonstrations, trains a diffusion and a flow teacher and a mean-flow
+head by behaviour cloning, distils a consistency student from the diffusion teacher, and then, for each
+sampler: the success rate over ``episodes`` episodes (10 envs stepped together), the network function
+evaluations per executed action (NFE/action) over those episodes, and the latency of one planning call at
+batch 1 (p50 / p99 over two further episodes run one env at a time). RTI rows warm-start from the level
+:func:`pick_rti_noise_level` picks from the demonstrations. Models already trained in ``out_dir`` to the
+requested steps are reused, so a rerun only evaluates. Writes ``inference_<task>.json`` and a plot of
+success against latency.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from robopol.bench.report import write_report
+from robopol.checkpoint import load_checkpoint
+from robopol.data.store import EpisodeStore
+from robopol.errors import CheckpointError
+from robopol.runtime import (
+    ChunkActor,
+    evaluate,
+    latency_summary,
+    load_actor,
+    obs_features,
+)
+from robopol.schemas import RTIConfig
+from robopol.tasks import make_env
+
+BC_RECIPE = ["algo.lr=3e-4", "algo.warmup_steps=500", "algo.ema_decay=0.999", "trainer.batch_size=256"]
+DISTILL_RECIPE = ["algo=distill", "algo.lr=1e-4", "algo.warmup_steps=200", "trainer.batch_size=256"]
+
+
+def pick_rti_noise_level(actor: ChunkActor, store: EpisodeStore, pairs: int = 256, seed: int = 0) -> float:
+    """RTI's entry level from data: the noise scale at which a shifted guess looks like a sample of the chain.
+
+    For ``pairs`` random consecutive planning points ``(t, t + k)`` of the demonstrations (``k`` the executed
+    steps per call) the full chain gives clean chunks ``A_t`` and ``A_{t+k}``; the guess ``G`` is ``A_t``
+    shifted by ``k``. At noise scale ``s`` the chain expects ``x_s = c_signal(s) A + c_noise(s) eps``, so the
+    mean squared gap ``E|G - c_signal(s) A_{t+k}|^2`` per entry should equal ``c_noise(s)^2``: the level
+    returned is the grid scale where the two are closest (algorithms.md section 10's offline choice of K').
+    """
+    policy = actor.policy
+    rng = np.random.default_rng(seed)
+    ends = store.episode_ends
+    starts = np.concatenate([[0], ends[:-1]])
+    k = actor.action_steps
+    episodes = [e for e in range(len(ends)) if ends[e] - starts[e] > k]
+    chosen = rng.choice(episodes, size=pairs)
+    times = np.array([rng.integers(starts[e], ends[e] - k) for e in chosen])
+    arrays = store.load(actor.obs_keys)
+
+    def windows(t: np.ndarray) -> torch.Tensor:
+        # observation history of length To, repeating the episode's first step before it starts
+        first = starts[chosen][:, None]
+        index = np.maximum(t[:, None] + np.arange(-policy.obs_steps + 1, 1), first)
+        stacked = {key: torch.as_tensor(arrays[key][index]) for key in actor.obs_keys}
+        return obs_features(stacked, actor.obs_keys, actor.normalizer).float()
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        now = policy.to_internal(policy.sample(windows(times), generator=generator))
+        later = policy.to_internal(policy.sample(windows(times + k), generator=generator))
+    guess = torch.cat([now[:, k:], now[:, -1:].expand(-1, k, -1)], dim=1)
+    grid = np.unique(np.round(np.linspace(0.01, 1.0, 100), 4))
+    best, best_gap = 1.0, np.inf
+    for scale in grid:
+        level = policy.level_at(float(scale)).expand(1)
+        ones = torch.ones(1, 1, 1)
+        signal = policy.noised(ones, torch.zeros_like(ones), level).item()
+        noise = policy.noised(torch.zeros_like(ones), ones, level).item()
+        gap = abs((guess - signal * later).pow(2).mean().item() - noise**2)
+        if gap < best_gap:
+            best, best_gap = float(scale), gap
+    return best
+
+
+def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Train (or reuse) the models, evaluate every sampler, print the table, write JSON and the plot."""
+    from robopol.cli.app import compose
+    from robopol.collect import collect_episodes
+    from robopol.train.trainer import train
+
+    task = cfg.task if cfg.task is not None else compose("train", ["task=cube_single_task1"]).task
+    quick = cfg.quick
+    steps = 40 if quick else cfg.train_steps
+    episodes = 4 if quick else cfg.episodes
+    root = Path(cfg.out_dir) / "inference" / task.name
+    store_path = root / "demos.zarr"
+    if not store_path.exists():
+        collect_episodes(task, str(store_path), episodes=10 if quick else cfg.demos, num_workers=0 if quick else 2,
+                         progress=not quick)
+    small = [f"task={task.name}", *(["policy.hidden_dims=[32,32]", "trainer.batch_size=16"] if quick else [])]
+    common = [f"data={store_path.resolve()}", "trainer.eval_episodes=0",
+              "trainer.log_every=100", f"trainer.progress={not quick}"]
+
+    def trained(name: str, overrides: list[str], model_steps: int) -> Path:
+        run = root / name
+        try:
+            if load_checkpoint(run).step >= model_steps:
+                return run
+        except CheckpointError:
+            pass
+        full = [*overrides, *common, f"trainer.steps={model_steps}", f"trainer.ckpt_every={model_steps}"]
+        train(compose("train", full), run, full)
+        return run
+
+    diffusion = trained("diffusion", ["policy=diffusion_mlp", *BC_RECIPE, *small], steps)
+    flow = trained("flow", ["policy=flow_mlp", *BC_RECIPE, *small], steps)
+    meanflow = trained("meanflow", ["policy=meanflow", *BC_RECIPE, *small], steps)
+    distill_small = ["trainer.batch_size=16"] if quick else []
+    consistency = trained("consistency", [*DISTILL_RECIPE, f"teacher={diffusion.resolve()}", *distill_small],
+                          max(1, steps // 3))
+
+    store = EpisodeStore.open(str(store_path))
+    rti_levels = {}
+    for name, run in (("diffusion", diffusion), ("flow", flow)):
+        actor, _ = load_actor(str(run), sampler="rti")
+        rti_levels[name] = pick_rti_noise_level(actor, store, pairs=16 if quick else 256)
+    rows_spec = [
+        ("diffusion", diffusion, "ddpm", 100, None),
+        ("diffusion", diffusion, "ddim", 10, None),
+        ("diffusion", diffusion, "rti", 0, rti_levels["diffusion"]),
+        ("flow", flow, "euler", 10, None),
+        ("flow", flow, "rti", 0, rti_levels["flow"]),
+        ("meanflow", meanflow, "one_step", 1, None),
+        ("meanflow", meanflow, "one_step", 2, None),
+        ("consistency", consistency, "consistency", 1, None),
+        ("consistency", consistency, "consistency", 2, None),
+    ]
+    rows = []
+    for model, run, sampler, sampler_steps, level in rows_spec:
+        rti = RTIConfig(noise_level=level) if level is not None else None
+        row = evaluate_sampler(run, task, sampler, sampler_steps or None, rti, episodes,
+                               latency_episodes=1 if quick else 2)
+        label = f"{sampler}-{sampler_steps}" if sampler_steps else f"rti-{rti.steps}@{level:.2f}"
+        rows.append({"model": model, "sampler": label, **row})
+    notes = (f"task {task.name}; {cfg.demos if not quick else 10} expert demos; BC models {steps} steps, "
+             f"consistency student {max(1, steps // 3)} distillation steps from the diffusion teacher; "
+             f"success over {episodes} episodes (95% Wilson CI); latency of one planning call at batch 1 on "
+             f"{torch.get_num_threads()} torch threads; NFE/action = network calls per executed action")
+    write_report(f"inference_{task.name}", rows, cfg.out_dir, notes=notes)
+    plot_inference(rows, Path(cfg.out_dir) / f"inference_{task.name}.png", task.name)
+    return rows
+
+
+def evaluate_sampler(run: Path, task: DictConfig, sampler: str, steps: int | None, rti: RTIConfig | None,
+                     episodes: int, latency_episodes: int) -> dict[str, Any]:
+    """Success and NFE/action over ``episodes`` (10 envs at a time), latency at batch 1."""
+    actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti)
+    env = make_env(task, num_envs=min(10, episodes), seed=1000)
+    t0 = time.perf_counter()
+    result = evaluate(env, actor, episodes, seed=1000)
+    seconds = time.perf_counter() - t0
+    nfe = actor.nfe_per_action
+    env.close()
+    actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti)
+    single = make_env(task, num_envs=1, seed=5000)
+    evaluate(single, actor, latency_episodes, seed=5000)
+    single.close()
+    timing = latency_summary(actor)
+    return {"success": result.success_rate, "ci_low": result.success_ci95[0], "ci_high": result.success_ci95[1],
+            "nfe_per_action": nfe, "p50_ms": timing["latency_ms_p50"], "p99_ms": timing["latency_ms_p99"],
+            "eval_s": seconds}
+
+
+def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:
+    """Success (with its 95% interval) against planning latency, one point per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        x, y = row["p50_ms"], 100 * row["success"]
+        err = [[y - 100 * row["ci_low"]], [100 * row["ci_high"] - y]]
+        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3)
+        ax.annotate(f"{row['model']} {row['sampler']}\n{row['nfe_per_action']:.2f} NFE/action", (x, y),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("planning-call latency p50 at batch 1 (ms, log scale)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_title(f"robopol bench inference: {task}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

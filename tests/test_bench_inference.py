@@ -1,0 +1,53 @@
+"""``robopol bench inference`` end to end on the toy task (quick sizes), and sampler choice at evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+
+@pytest.mark.slow
+def test_bench_inference_trains_every_model_and_reports_each_sampler(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "inference", "quick=true", "task=point_reach", f"out_dir={out}", cwd=tmp_path,
+                   check=True)
+    assert "robopol bench inference_point_reach" in proc.stdout
+    report = json.loads((out / "inference_point_reach.json").read_text())
+    rows = {(r["model"], r["sampler"].split("@")[0]): r for r in report["rows"]}
+    assert set(rows) == {("diffusion", "ddpm-100"), ("diffusion", "ddim-10"), ("diffusion", "rti-3"),
+                         ("flow", "euler-10"), ("flow", "rti-3"), ("meanflow", "one_step-1"),
+                         ("meanflow", "one_step-2"), ("consistency", "consistency-1"),
+                         ("consistency", "consistency-2")}
+    for row in rows.values():
+        assert 0 <= row["ci_low"] <= row["success"] <= row["ci_high"] <= 1
+        assert 0 < row["p50_ms"] <= row["p99_ms"]
+    # receding execution of 4 actions per 8-step chunk: a 1-call sampler costs 1/4 per action (more when an
+    # episode ends mid-chunk); RTI re-plans every step with at most 3 calls after its first full chain
+    assert rows[("meanflow", "one_step-1")]["nfe_per_action"] < 0.5
+    assert rows[("consistency", "consistency-2")]["nfe_per_action"] < 1.0
+    assert rows[("diffusion", "ddpm-100")]["nfe_per_action"] >= 25
+    assert 2.0 <= rows[("flow", "rti-3")]["nfe_per_action"] < 5.0
+    assert (out / "inference_point_reach.png").stat().st_size > 1000
+    models = out / "inference" / "point_reach"
+    assert sorted(p.name for p in models.iterdir()) == ["consistency", "demos.zarr", "diffusion", "flow",
+                                                        "meanflow"]
+
+    # a second run reuses the trained models (their checkpoints stay untouched) and evaluates again
+    stamps = {p: p.stat().st_mtime_ns for p in models.glob("*/checkpoints/*/model.safetensors")}
+    assert len(stamps) == 4
+    run_cli("bench", "inference", "quick=true", "task=point_reach", f"out_dir={out}", cwd=tmp_path, check=True)
+    assert {p: p.stat().st_mtime_ns for p in models.glob("*/checkpoints/*/model.safetensors")} == stamps
+
+    # sampler choice from the eval config, with the RTI settings
+    summary = tmp_path / "rti.json"
+    run_cli("eval", f"ckpt={models / 'flow'}", "sampler=rti", "rti.steps=2", "rti.noise_level=0.2",
+            "episodes=4", "videos=0", f"out={summary}", cwd=tmp_path, check=True)
+    result = json.loads(summary.read_text())
+    assert result["sampler"] == "rti" and 1.5 < result["nfe_per_action"] < 4
+    run_cli("eval", f"ckpt={models / 'meanflow'}", "sampler=one_step", "episodes=4", "videos=0", f"out={summary}",
+            cwd=tmp_path, check=True)
+    assert json.loads(summary.read_text())["nfe_per_action"] < 0.5
+    bad = run_cli("eval", f"ckpt={models / 'meanflow'}", "sampler=ddim", "episodes=4", "videos=0", cwd=tmp_path)
+    assert bad.returncode != 0 and "sampler must be one of one_step, euler, midpoint" in bad.stderr
