@@ -203,6 +203,7 @@ class EvalCommand:
     inference_steps: int = 0
     """Sampler steps; 0 keeps the policy's own (with rti: the steps of the first, full-chain call)."""
     rti: RTIConfig = field(default_factory=RTIConfig)
+    """RTI warm-start settings, used with sampler=rti."""
     seed: int = 1000
     """Seed of the first episode."""
     device: str = "cpu"
