@@ -17,7 +17,8 @@ def test_bench_inference_trains_every_model_and_reports_each_sampler(tmp_path):
     report = json.loads((out / "inference_point_reach.json").read_text())
     rows = {(r["model"], r["sampler"].split("@")[0]): r for r in report["rows"]}
     assert set(rows) == {("diffusion", "ddpm-100"), ("diffusion", "ddim-10"), ("diffusion", "rti-3"),
-                         ("flow", "euler-10"), ("flow", "rti-3"), ("meanflow", "one_step-1"),
+                         ("diffusion", "rti-2"), ("flow", "euler-10"), ("flow", "rti-3"), ("flow", "rti-2"),
+                         ("meanflow", "one_step-1"),
                          ("meanflow", "one_step-2"), ("consistency", "consistency-1"),
                          ("consistency", "consistency-2")}
     for row in rows.values():
@@ -29,6 +30,7 @@ def test_bench_inference_trains_every_model_and_reports_each_sampler(tmp_path):
     assert rows[("consistency", "consistency-2")]["nfe_per_action"] < 1.0
     assert rows[("diffusion", "ddpm-100")]["nfe_per_action"] >= 25
     assert 2.0 <= rows[("flow", "rti-3")]["nfe_per_action"] < 5.0
+    assert rows[("flow", "rti-2")]["nfe_per_action"] < rows[("flow", "rti-3")]["nfe_per_action"]
     assert (out / "inference_point_reach.png").stat().st_size > 1000
     models = out / "inference" / "point_reach"
     assert sorted(p.name for p in models.iterdir()) == ["consistency", "demos.zarr", "diffusion", "flow",

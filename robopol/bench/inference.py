@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from rich.console import Console
 
 from robopol.bench.report import write_report
 from robopol.checkpoint import load_checkpoint
@@ -34,6 +35,8 @@ from robopol.runtime import (
 from robopol.schemas import RTIConfig
 from robopol.tasks import make_env
 
+console = Console(soft_wrap=True)
+# The demo's imitation recipe, and a gentler one for the warm-started student.
 BC_RECIPE = ["algo.lr=3e-4", "algo.warmup_steps=500", "algo.ema_decay=0.999", "trainer.batch_size=256"]
 DISTILL_RECIPE = ["algo=distill", "algo.lr=1e-4", "algo.warmup_steps=200", "trainer.batch_size=256"]
 
@@ -127,9 +130,11 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
     rows_spec = [
         ("diffusion", diffusion, "ddpm", 100, None),
         ("diffusion", diffusion, "ddim", 10, None),
-        ("diffusion", diffusion, "rti", 0, rti_levels["diffusion"]),
+        ("diffusion", diffusion, "rti", 3, rti_levels["diffusion"]),
+        ("diffusion", diffusion, "rti", 2, rti_levels["diffusion"]),
         ("flow", flow, "euler", 10, None),
-        ("flow", flow, "rti", 0, rti_levels["flow"]),
+        ("flow", flow, "rti", 3, rti_levels["flow"]),
+        ("flow", flow, "rti", 2, rti_levels["flow"]),
         ("meanflow", meanflow, "one_step", 1, None),
         ("meanflow", meanflow, "one_step", 2, None),
         ("consistency", consistency, "consistency", 1, None),
@@ -137,11 +142,15 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
     ]
     rows = []
     for model, run, sampler, sampler_steps, level in rows_spec:
-        rti = RTIConfig(noise_level=level) if level is not None else None
-        row = evaluate_sampler(run, task, sampler, sampler_steps or None, rti, episodes,
+        # RTI rows: the steps are the warm-started calls; the first call of an episode runs the full chain
+        rti = RTIConfig(noise_level=level, steps=sampler_steps) if level is not None else None
+        row = evaluate_sampler(run, task, sampler, None if rti else sampler_steps, rti, episodes,
                                latency_episodes=1 if quick else 2)
-        label = f"{sampler}-{sampler_steps}" if sampler_steps else f"rti-{rti.steps}@{level:.2f}"
+        label = f"{sampler}-{sampler_steps}" + (f"@{level:.2f}" if rti else "")
         rows.append({"model": model, "sampler": label, **row})
+        console.print(f"{model} {label}: success {100 * row['success']:.0f}% over {episodes} episodes, "
+                      f"{row['nfe_per_action']:.2f} NFE/action, p50 {row['p50_ms']:.2f} ms "
+                      f"({row['eval_s']:.0f} s)")
     notes = (f"task {task.name}; {cfg.demos if not quick else 10} expert demos; BC models {steps} steps, "
              f"consistency student {max(1, steps // 3)} distillation steps from the diffusion teacher; "
              f"success over {episodes} episodes (95% Wilson CI); latency of one planning call at batch 1 on "
@@ -181,7 +190,7 @@ def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         x, y = row["p50_ms"], 100 * row["success"]
-        err = [[y - 100 * row["ci_low"]], [100 * row["ci_high"] - y]]
+        err = [[max(0.0, y - 100 * row["ci_low"])], [max(0.0, 100 * row["ci_high"] - y)]]  # rounding at 0/100%
         ax.errorbar(x, y, yerr=err, fmt="o", capsize=3)
         ax.annotate(f"{row['model']} {row['sampler']}\n{row['nfe_per_action']:.2f} NFE/action", (x, y),
                     fontsize=7, xytext=(4, 4), textcoords="offset points")

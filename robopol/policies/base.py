@@ -262,8 +262,12 @@ class GenerativePolicy(nn.Module, ABC):
         """RTI warm start: take ``guess`` (B, H, A), a clean chunk in normalised action space, as the state
         at noise scale ``noise_scale`` and run ``steps`` deterministic reverse steps down to the clean chunk.
 
-        As in RTI-DP the guess is used as it is, without adding noise. Consecutive levels that round to the
-        same discrete level are merged, so the network may be called fewer than ``steps`` times.
+        As in RTI-DP no noise is added; the guess enters as the forward process's mean at that level,
+        ``noised(guess, 0, level)``. For diffusion near the clean end that is the guess itself up to
+        ``sqrt(abar) ~ 1`` (RTI-DP uses it unscaled); for flow it is ``t * guess``, and the scaling matters:
+        on cube-single task 1 at t = 0.84 the unscaled guess succeeded in 75% of episodes, the scaled one in
+        100%. Consecutive levels that round to the same discrete level are merged, so the network may be
+        called fewer than ``steps`` times.
         """
         self.check_obs(obs)
         if not 0.0 < noise_scale <= 1.0:
@@ -271,8 +275,9 @@ class GenerativePolicy(nn.Module, ABC):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"the warm-start steps must be a positive integer, got {steps!r}")
         levels = [self.level_at(noise_scale * (1 - i / steps)).to(guess.device) for i in range(steps + 1)]
-        x = self.to_internal(guess)
-        batch = x.shape[0]
+        guess = self.to_internal(guess)
+        batch = guess.shape[0]
+        x = self.noised(guess, torch.zeros_like(guess), levels[0].expand(batch))
         for level, next_level in zip(levels[:-1], levels[1:], strict=True):
             if not torch.equal(level, next_level):
                 x = self.solver_step(x, level.expand(batch), next_level.expand(batch), obs)

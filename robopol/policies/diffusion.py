@@ -9,9 +9,12 @@ clip each predicted clean chunk to ``[-clip_sample_range, clip_sample_range]``, 
 normalised actions.
 
 Level by level (RTI warm starts, consistency distillation) the level is the integer timestep ``k`` with
-``-1`` for the clean chunk (``abar = 1``), its noise scale ``(k + 1) / K``, and a solver step is the DDIM
-(eta = 0) update between any two timesteps, written out here because diffusers' ``step`` only moves between
-the timesteps of its own ``set_timesteps`` grid.
+``-1`` for the clean chunk (``abar = 1``), and a solver step is the DDIM (eta = 0) update between any two
+timesteps, written out here because diffusers' ``step`` only moves between the timesteps of its own
+``set_timesteps`` grid. Noise scale 1 is the top timestep with ``sqrt(abar) >= MIN_SIGNAL``, not K - 1: the
+squared-cosine schedule ends at ``abar = 0``, where the clean estimate ``(x - sqrt(1 - abar) eps) / sqrt(abar)``
+of an epsilon network divides by zero (diffusers' DDIM grid stops at 90 of 100 for the same reason), so a
+one-step student started there only ever saw clipped garbage. Scale ``s`` is level ``round(s (top + 1)) - 1``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from robopol.policies.base import GenerativePolicy, check_choice
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+MIN_SIGNAL = 0.05
+"""Smallest ``sqrt(abar)`` of a level the level-by-level process uses (Stable Diffusion's top level: 0.068)."""
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 
 
@@ -67,6 +72,7 @@ class DiffusionPolicy(GenerativePolicy):
         # abar per level k + 1: index 0 is the clean chunk (k = -1, abar = 1). Derived, so not persistent.
         alpha_bar = torch.cat([torch.ones(1), self.noise_scheduler.alphas_cumprod.float()])
         self.register_buffer("_alpha_bar", alpha_bar, persistent=False)
+        self.top_level = int((alpha_bar[1:] >= MIN_SIGNAL**2).nonzero().max())
         # (sampler, steps) -> scheduler with its timesteps set: set_timesteps mutates a scheduler, so each
         # step count keeps its own instance and repeated calls pay nothing for it.
         self._sampling: dict[tuple[str, int], tuple[DDPMScheduler | DDIMScheduler, list[int]]] = {}
@@ -105,11 +111,10 @@ class DiffusionPolicy(GenerativePolicy):
     # ------------------------------------------------------------------ the reverse process, level by level
 
     def noise_scale(self, level: torch.Tensor) -> torch.Tensor:
-        return (level + 1).float() / self.num_train_timesteps
+        return (level + 1).float() / (self.top_level + 1)
 
     def level_at(self, scale: float) -> torch.Tensor:
-        k = min(max(round(scale * self.num_train_timesteps) - 1, -1), self.num_train_timesteps - 1)
-        return torch.tensor(k)
+        return torch.tensor(min(max(round(scale * (self.top_level + 1)) - 1, -1), self.top_level))
 
     def noised(self, action: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         alpha_bar = self._abar(level, action)

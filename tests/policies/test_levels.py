@@ -29,7 +29,7 @@ def test_ddim_solver_steps_along_the_sampler_grid_reproduce_diffusers_ddim(predi
 
 
 def test_diffusion_levels_noise_scales_and_forward_process():
-    policy = DiffusionPolicy(1, 1, num_train_timesteps=100, **SMALL)
+    policy = DiffusionPolicy(1, 1, num_train_timesteps=100, beta_schedule="linear", **SMALL)
     assert policy.level_at(1.0).item() == 99 and policy.level_at(0.0).item() == -1 and policy.level_at(0.04).item() == 3
     torch.testing.assert_close(policy.noise_scale(torch.tensor([-1, 3, 99])), torch.tensor([0.0, 0.04, 1.0]))
     action, noise = torch.ones(2, 8, 1), torch.full((2, 8, 1), 2.0)
@@ -37,6 +37,15 @@ def test_diffusion_levels_noise_scales_and_forward_process():
     abar = policy.noise_scheduler.alphas_cumprod[10]
     expected = abar.sqrt() * 1 + (1 - abar).sqrt() * 2
     torch.testing.assert_close(policy.noised(action, noise, torch.tensor([10, 10])), torch.full((2, 8, 1), expected.item()))
+
+
+def test_diffusion_scale_one_is_the_top_level_whose_clean_estimate_is_well_defined():
+    policy = DiffusionPolicy(1, 1, num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", **SMALL)
+    abar = policy.noise_scheduler.alphas_cumprod
+    assert abar[99] < 1e-6  # the cosine schedule ends at pure noise: x0 = (x - eps) / 0 there
+    top = policy.level_at(1.0).item()
+    assert abar[top].sqrt() >= 0.05 > abar[top + 1].sqrt() and top == 95
+    assert policy.noise_scale(torch.tensor(top)).item() == 1.0
 
 
 def test_flow_levels_are_times_and_euler_steps():
@@ -50,14 +59,14 @@ def test_flow_levels_are_times_and_euler_steps():
     torch.testing.assert_close(policy.noised(torch.ones(1, 2, 1), torch.zeros(1, 2, 1), t), torch.full((1, 2, 1), 0.5))
 
 
-def test_refine_runs_the_last_steps_from_the_guess_without_adding_noise():
+def test_refine_runs_the_last_steps_from_the_guess_at_its_noise_free_forward_mean():
     policy = FlowPolicy(1, 1, 1, 2, 1, **SMALL)
     policy.net = FakeNet(lambda x, t, obs: -x)  # velocity pulls towards 0
     guess = torch.full((1, 2, 1), 0.9)
     out = policy.refine(torch.zeros(1, 1, 1), guess, noise_scale=0.3, steps=3)
     assert [round(c[1].item(), 6) for c in policy.net.calls] == [0.7, 0.8, 0.9]
-    torch.testing.assert_close(out, guess * 0.9**3)
-    torch.testing.assert_close(policy.net.calls[0][0], guess)  # the guess itself enters the chain
+    torch.testing.assert_close(policy.net.calls[0][0], 0.7 * guess)  # x_t = t * guess + (1 - t) * 0
+    torch.testing.assert_close(out, 0.7 * guess * 0.9**3)
 
 
 def test_refine_merges_steps_that_round_to_the_same_diffusion_level():
