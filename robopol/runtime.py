@@ -64,7 +64,10 @@ class ChunkActor:
         sampler: str | None = None,
         steps: int | None = None,
         rti: RTIConfig | None = None,
+        seed: int | None = None,
     ) -> None:
+        """``seed`` gives sampling its own generator, so an evaluation draws the same noise every run; None
+        uses torch's global RNG (the trainer's, which exact resume restores)."""
         if execution not in EXECUTIONS:
             raise ConfigError(f"execution must be one of {', '.join(EXECUTIONS)}, got '{execution}'")
         self.policy = policy.eval()
@@ -86,10 +89,13 @@ class ChunkActor:
                                      *(self.rti.discrete_dims if self.rti is not None else ())})
         # Only generative heads take a sampler; pass the choice through only when one was made.
         self._sample_kwargs = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v}
+        if seed is not None:
+            self._sample_kwargs["generator"] = torch.Generator(self.device).manual_seed(seed)
         self.plans = 0
         self.nfe = 0
         self.steps = 0
         self.latencies: list[float] = []
+        self.chunk_latencies: list[float] = []
         self.reset()
 
     def _check_rti(self, rti: RTIConfig) -> None:
@@ -148,10 +154,12 @@ class ChunkActor:
         }
         obs = obs_features(stacked, self.obs_keys, self.normalizer)
         with count_calls(getattr(self.policy, "net", self.policy)) as calls:
+            chunk_started = time.perf_counter()
             if self.rti is not None and self._guess is not None:
                 chunk = self.policy.refine(obs, self._warm_start_guess(), self.rti.noise_level, self.rti.steps)
             else:
                 chunk = self.policy.sample(obs, **self._sample_kwargs)
+            self.chunk_latencies.append(time.perf_counter() - chunk_started)
         self.nfe += calls[0]
         if self.rti is not None:
             self._guess = chunk
@@ -192,10 +200,13 @@ def count_calls(module: nn.Module) -> Iterator[list[int]]:
 
 
 def latency_summary(actor: ChunkActor) -> dict[str, float]:
-    """NFE per executed action and planning-call latency percentiles (ms) of an actor's calls so far."""
-    ms = np.asarray(actor.latencies) * 1e3 if actor.latencies else np.zeros(1)
+    """NFE per executed action and latency percentiles (ms) of an actor's calls so far: ``latency_ms`` of a
+    whole planning call (observations in, raw actions out), ``chunk_ms`` of the policy's sampling inside it."""
+    call = np.asarray(actor.latencies or [0.0]) * 1e3
+    chunk = np.asarray(actor.chunk_latencies or [0.0]) * 1e3
     return {"plans": actor.plans, "nfe_per_action": actor.nfe_per_action,
-            "latency_ms_p50": float(np.percentile(ms, 50)), "latency_ms_p99": float(np.percentile(ms, 99))}
+            "latency_ms_p50": float(np.percentile(call, 50)), "latency_ms_p99": float(np.percentile(call, 99)),
+            "chunk_ms_p50": float(np.percentile(chunk, 50)), "chunk_ms_p99": float(np.percentile(chunk, 99))}
 
 
 @dataclass
@@ -308,7 +319,7 @@ def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple
     """Checkpoint (run dir or checkpoint dir) -> actor with the evaluation weights (EMA when saved), and the
     checkpoint it came from.
 
-    ``actor_options`` go to :class:`ChunkActor` (execution, ensemble_decay, sampler, steps, rti).
+    ``actor_options`` go to :class:`ChunkActor` (execution, ensemble_decay, sampler, steps, rti, seed).
     """
     from hydra.utils import instantiate
 

@@ -205,7 +205,7 @@ class EvalCommand:
     rti: RTIConfig = field(default_factory=RTIConfig)
     """RTI warm-start settings, used with sampler=rti."""
     seed: int = 1000
-    """Seed of the first episode."""
+    """Seed of the first episode and of the policy's sampling noise."""
     device: str = "cpu"
     """torch device."""
     out: str = ""

@@ -19,26 +19,26 @@ def test_bench_inference_trains_every_model_and_reports_each_sampler(tmp_path):
     assert set(rows) == {("diffusion", "ddpm-100"), ("diffusion", "ddim-10"), ("diffusion", "rti-3"),
                          ("diffusion", "rti-2"), ("flow", "euler-10"), ("flow", "rti-3"), ("flow", "rti-2"),
                          ("meanflow", "one_step-1"),
-                         ("meanflow", "one_step-2"), ("consistency", "consistency-1"),
-                         ("consistency", "consistency-2")}
+                         ("meanflow", "one_step-2"), ("consistency_am", "consistency-1"),
+                         ("consistency_lcm", "consistency-1"), ("consistency_lcm", "consistency-2")}
     for row in rows.values():
         assert 0 <= row["ci_low"] <= row["success"] <= row["ci_high"] <= 1
-        assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and 0 < row["chunk_p50_ms"] <= row["chunk_p99_ms"]
     # receding execution of 4 actions per 8-step chunk: a 1-call sampler costs 1/4 per action (more when an
     # episode ends mid-chunk); RTI re-plans every step with at most 3 calls after its first full chain
     assert rows[("meanflow", "one_step-1")]["nfe_per_action"] < 0.5
-    assert rows[("consistency", "consistency-2")]["nfe_per_action"] < 1.0
+    assert rows[("consistency_lcm", "consistency-2")]["nfe_per_action"] < 1.0
     assert rows[("diffusion", "ddpm-100")]["nfe_per_action"] >= 25
     assert 2.0 <= rows[("flow", "rti-3")]["nfe_per_action"] < 5.0
     assert rows[("flow", "rti-2")]["nfe_per_action"] < rows[("flow", "rti-3")]["nfe_per_action"]
     assert (out / "inference_point_reach.png").stat().st_size > 1000
     models = out / "inference" / "point_reach"
-    assert sorted(p.name for p in models.iterdir()) == ["consistency", "demos.zarr", "diffusion", "flow",
-                                                        "meanflow"]
+    assert sorted(p.name for p in models.iterdir()) == ["consistency_am", "consistency_lcm", "demos.zarr",
+                                                        "diffusion", "flow", "meanflow"]
 
     # a second run reuses the trained models (their checkpoints stay untouched) and evaluates again
     stamps = {p: p.stat().st_mtime_ns for p in models.glob("*/checkpoints/*/model.safetensors")}
-    assert len(stamps) == 4
+    assert len(stamps) == 5
     run_cli("bench", "inference", "quick=true", "task=point_reach", f"out_dir={out}", cwd=tmp_path, check=True)
     assert {p: p.stat().st_mtime_ns for p in models.glob("*/checkpoints/*/model.safetensors")} == stamps
 

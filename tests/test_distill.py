@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from conftest import run_cli
 from robopol.algos.distill import Distill, action_matching_loss, consistency_loss
 from robopol.checkpoint import load_checkpoint
 from robopol.policies.consistency import ConsistencyPolicy, boundary_scalings
+from robopol.policies.diffusion import DiffusionPolicy
 from robopol.policies.flow import FlowPolicy
 
 FLOW_HEAD = {"_target_": "robopol.policies.flow.FlowPolicy", "obs_steps": 1, "horizon": 2, "action_steps": 1,
@@ -170,3 +172,14 @@ def test_train_algo_distill_end_to_end_and_its_errors(tmp_path, toy_store):
         "algo=distill", f"teacher={tmp_path / 'mlp'}")
     assert "sampler=consistency" in run_cli("eval", f"ckpt={tmp_path / 'student'}", "sampler=euler", "videos=0",
                                             cwd=tmp_path).stderr
+
+
+def test_distilling_an_epsilon_prediction_teacher_warns_and_names_the_alternatives():
+    head = {"_target_": "robopol.policies.diffusion.DiffusionPolicy", "backbone": "mlp", "hidden_dims": [8]}
+    teacher = DiffusionPolicy(1, 1, backbone="mlp", hidden_dims=[8])
+    with pytest.warns(UserWarning, match="prefer a flow teacher or a diffusion teacher with policy.prediction_type"):
+        Distill(ConsistencyPolicy(1, 1, head), teacher, total_steps=10)
+    v_teacher = DiffusionPolicy(1, 1, backbone="mlp", hidden_dims=[8], prediction_type="v_prediction")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Distill(ConsistencyPolicy(1, 1, {**head, "prediction_type": "v_prediction"}), v_teacher, total_steps=10)

@@ -150,6 +150,7 @@ def test_call_counting_and_latency_summary():
     summary = latency_summary(actor)
     assert summary["plans"] == 2 and summary["nfe_per_action"] == 5.0
     assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"]
+    assert 0 < summary["chunk_ms_p50"] <= summary["chunk_ms_p99"] and summary["chunk_ms_p50"] <= summary["latency_ms_p50"]
 
 
 def test_level_picker_grows_with_the_gap_between_a_shifted_guess_and_the_next_chunk(tmp_path):

@@ -1,10 +1,12 @@
 """``robopol bench inference task=...``: success, network evaluations and latency of every fast sampler.
 
 On one task the suite collects expert demonstrations, trains a diffusion and a flow teacher and a mean-flow
-head by behaviour cloning, distils a consistency student from the diffusion teacher, and then, for each
+head by behaviour cloning, distils two consistency students from the flow teacher (action matching and the
+LCM-style loss), and then, for each
 sampler: the success rate over ``episodes`` episodes (10 envs stepped together), the network function
-evaluations per executed action (NFE/action) over those episodes, and the latency of one planning call at
-batch 1 (p50 / p99 over two further episodes run one env at a time). RTI rows warm-start from the level
+evaluations per executed action (NFE/action) over those episodes, and the latency at batch 1 (p50 / p99 over
+two further episodes run one env at a time) of a whole planning call (``p50_ms``: observations in, actions
+out) and of the policy's chunk sampling inside it (``chunk_p50_ms``). RTI rows warm-start from the level
 :func:`pick_rti_noise_level` picks from the demonstrations. Models already trained in ``out_dir`` to the
 requested steps are reused, so a rerun only evaluates. Writes ``inference_<task>.json`` and a plot of
 success against latency.
@@ -38,7 +40,11 @@ from robopol.tasks import make_env
 console = Console(soft_wrap=True)
 # The demo's imitation recipe, and a gentler one for the warm-started student.
 BC_RECIPE = ["algo.lr=3e-4", "algo.warmup_steps=500", "algo.ema_decay=0.999", "trainer.batch_size=256"]
-DISTILL_RECIPE = ["algo=distill", "algo.lr=1e-4", "algo.warmup_steps=200", "trainer.batch_size=256"]
+DISTILL_RECIPE = ["algo=distill", "algo.warmup_steps=200", "trainer.batch_size=256"]
+# Students by loss: action matching regresses one call onto the teacher's full sampler (a larger step size
+# suits that plain regression); the LCM-style loss trains every level, so chained sampling works too.
+STUDENTS = {"consistency_am": ["algo.loss=action_matching", "algo.lr=3e-4"],
+            "consistency_lcm": ["algo.loss=consistency", "algo.lr=1e-4"]}
 
 
 def pick_rti_noise_level(actor: ChunkActor, store: EpisodeStore, pairs: int = 256, seed: int = 0) -> float:
@@ -97,8 +103,10 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
     episodes = 4 if quick else cfg.episodes
     root = Path(cfg.out_dir) / "inference" / task.name
     store_path = root / "demos.zarr"
-    if not store_path.exists():
-        collect_episodes(task, str(store_path), episodes=10 if quick else cfg.demos, num_workers=0 if quick else 2,
+    demos = 10 if quick else cfg.demos
+    have = len(EpisodeStore.open(str(store_path))) if store_path.exists() else 0
+    if have < demos:  # a first run stopped during collection: its store is readable, append the rest
+        collect_episodes(task, str(store_path), episodes=demos - have, num_workers=0 if quick else 2,
                          progress=not quick)
     small = [f"task={task.name}", *(["policy.hidden_dims=[32,32]", "trainer.batch_size=16"] if quick else [])]
     common = [f"data={store_path.resolve()}", "trainer.eval_episodes=0",
@@ -119,8 +127,9 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
     flow = trained("flow", ["policy=flow_mlp", *BC_RECIPE, *small], steps)
     meanflow = trained("meanflow", ["policy=meanflow", *BC_RECIPE, *small], steps)
     distill_small = ["trainer.batch_size=16"] if quick else []
-    consistency = trained("consistency", [*DISTILL_RECIPE, f"teacher={diffusion.resolve()}", *distill_small],
-                          max(1, steps // 3))
+    # from the flow teacher: an epsilon-prediction diffusion teacher makes a poor one-step student (Distill warns)
+    students = {name: trained(name, [*DISTILL_RECIPE, *loss, f"teacher={flow.resolve()}", *distill_small],
+                              max(1, steps // 3)) for name, loss in STUDENTS.items()}
 
     store = EpisodeStore.open(str(store_path))
     rti_levels = {}
@@ -137,8 +146,9 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
         ("flow", flow, "rti", 2, rti_levels["flow"]),
         ("meanflow", meanflow, "one_step", 1, None),
         ("meanflow", meanflow, "one_step", 2, None),
-        ("consistency", consistency, "consistency", 1, None),
-        ("consistency", consistency, "consistency", 2, None),
+        ("consistency_am", students["consistency_am"], "consistency", 1, None),
+        ("consistency_lcm", students["consistency_lcm"], "consistency", 1, None),
+        ("consistency_lcm", students["consistency_lcm"], "consistency", 2, None),
     ]
     rows = []
     for model, run, sampler, sampler_steps, level in rows_spec:
@@ -151,8 +161,8 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
         console.print(f"{model} {label}: success {100 * row['success']:.0f}% over {episodes} episodes, "
                       f"{row['nfe_per_action']:.2f} NFE/action, p50 {row['p50_ms']:.2f} ms "
                       f"({row['eval_s']:.0f} s)")
-    notes = (f"task {task.name}; {cfg.demos if not quick else 10} expert demos; BC models {steps} steps, "
-             f"consistency student {max(1, steps // 3)} distillation steps from the diffusion teacher; "
+    notes = (f"task {task.name}; {demos} expert demos; BC models {steps} steps, "
+             f"consistency students {max(1, steps // 3)} distillation steps from the flow teacher; "
              f"success over {episodes} episodes (95% Wilson CI); latency of one planning call at batch 1 on "
              f"{torch.get_num_threads()} torch threads; NFE/action = network calls per executed action")
     write_report(f"inference_{task.name}", rows, cfg.out_dir, notes=notes)
@@ -163,21 +173,21 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
 def evaluate_sampler(run: Path, task: DictConfig, sampler: str, steps: int | None, rti: RTIConfig | None,
                      episodes: int, latency_episodes: int) -> dict[str, Any]:
     """Success and NFE/action over ``episodes`` (10 envs at a time), latency at batch 1."""
-    actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti)
+    actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti, seed=1000)
     env = make_env(task, num_envs=min(10, episodes), seed=1000)
     t0 = time.perf_counter()
     result = evaluate(env, actor, episodes, seed=1000)
     seconds = time.perf_counter() - t0
     nfe = actor.nfe_per_action
     env.close()
-    actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti)
+    actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti, seed=5000)
     single = make_env(task, num_envs=1, seed=5000)
     evaluate(single, actor, latency_episodes, seed=5000)
     single.close()
     timing = latency_summary(actor)
     return {"success": result.success_rate, "ci_low": result.success_ci95[0], "ci_high": result.success_ci95[1],
             "nfe_per_action": nfe, "p50_ms": timing["latency_ms_p50"], "p99_ms": timing["latency_ms_p99"],
-            "eval_s": seconds}
+            "chunk_p50_ms": timing["chunk_ms_p50"], "chunk_p99_ms": timing["chunk_ms_p99"], "eval_s": seconds}
 
 
 def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:

@@ -64,7 +64,8 @@ def eval_command(cfg: DictConfig) -> None:
     if cfg.episodes < 1 or cfg.num_envs < 1:
         raise ConfigError(f"episodes and num_envs must be at least 1, got {cfg.episodes} and {cfg.num_envs}")
     actor, ckpt = load_actor(cfg.ckpt, cfg.device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
-                             sampler=cfg.sampler or None, steps=cfg.inference_steps or None, rti=cfg.rti)
+                             sampler=cfg.sampler or None, steps=cfg.inference_steps or None, rti=cfg.rti,
+                             seed=cfg.seed)
     manifest = ckpt.manifest
     task = cfg.task if cfg.get("task") is not None else ckpt.config.task
     env = make_env(task, num_envs=min(cfg.num_envs, cfg.episodes), seed=cfg.seed)

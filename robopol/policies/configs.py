@@ -109,8 +109,8 @@ class MeanFlowPolicyConfig(GenerativePolicyConfig):
 
     name: str = "meanflow"
     _target_: str = "robopol.policies.meanflow.MeanFlowPolicy"
-    flow_ratio: float = 0.5
-    """Probability lambda that r = t in training (plain flow matching); OFQL: 0.5."""
+    flow_ratio: float = 0.75
+    """Probability that r = t in training (plain flow matching); MeanFlow 0.75, OFQL 0.5 (docs/fast-inference.md)."""
     adaptive_power: float = 1.0
     """MeanFlow's adaptive loss weight 1 / (error + eps) ** p; 0 gives plain mean squared error."""
     adaptive_eps: float = 1.0e-3

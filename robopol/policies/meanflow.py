@@ -13,7 +13,9 @@ at about two thirds of the cost of differentiating through the JVP).
 OFQL writes the same objects with noise at t=1 (``a = eps - u(eps, 0, 1)``); with ``t_ofql = 1 - t`` its
 one-step sample is this head's ``a = eps + u(eps, 0, 1)``, and its logit-normal time mean -0.4 is +0.4 here.
 (t, r) are two logit-normal draws ordered so that ``t <= r``; with probability ``flow_ratio`` r is set to t
-(plain flow matching, which steadies the bootstrapped target; OFQL finds 0.5 best).
+(plain flow matching, which steadies the bootstrapped target). OFQL finds 0.5 best for offline RL; robopol
+defaults to MeanFlow's 0.75: on cube-single task 1 behaviour cloning (200 demos, 15k steps) one-step samples
+succeeded in 95 of 100 episodes with 0.75 and 86 with 0.5.
 
 The loss is MeanFlow's adaptively weighted squared error, ``sum_i e_i / sg(e_i + c) ** p`` per sample, with
 ``p = adaptive_power`` (1 by default; 0 gives OFQL's plain mean squared error). On a bimodal toy problem the
@@ -67,7 +69,7 @@ class MeanFlowPolicy(FlowPolicy):
         horizon: int = 8,
         action_steps: int = 4,
         *,
-        flow_ratio: float = 0.5,
+        flow_ratio: float = 0.75,
         adaptive_power: float = 1.0,
         adaptive_eps: float = 1e-3,
         logit_mean: float = 0.4,

@@ -98,7 +98,8 @@ def bimodal(n: int, generator: torch.Generator) -> torch.Tensor:
 def test_one_step_samples_match_a_bimodal_target_distribution():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    policy = MeanFlowPolicy(1, 1, 1, 1, 1, backbone="mlp", hidden_dims=[64, 64], embed_dim=32, layer_norm=True)
+    policy = MeanFlowPolicy(1, 1, 1, 1, 1, backbone="mlp", hidden_dims=[64, 64], embed_dim=32, layer_norm=True,
+                            flow_ratio=0.5)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
     for _ in range(2500):
         loss, _ = policy.loss({"obs": torch.zeros(256, 1, 1), "action": bimodal(256, g).view(-1, 1, 1)}, generator=g)
