@@ -170,7 +170,7 @@ class RTIConfig:
     """RTI warm start (``sampler=rti``): refine the previous chunk, shifted, in a few reverse steps."""
 
     noise_level: float = 0.05
-    """Noise scale in (0, 1] the shifted guess enters the reverse process at (diffusion K'/K, flow 1 - t)."""
+    """Noise scale in (0, 1] the shifted guess enters the reverse process at (diffusion: timestep about scale x K; flow: t = 1 - scale)."""
     steps: int = 3
     """Reverse steps (network calls) from that level down to the clean chunk."""
     action_steps: int = 1

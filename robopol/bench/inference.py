@@ -191,24 +191,26 @@ def evaluate_sampler(run: Path, task: DictConfig, sampler: str, steps: int | Non
 
 
 def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:
-    """Success (with its 95% interval) against planning latency, one point per sampler."""
+    """Success (with its 95% interval) against planning latency, one point per sampler, named in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {}
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     for row in rows:
         x, y = row["p50_ms"], 100 * row["success"]
         err = [[max(0.0, y - 100 * row["ci_low"])], [max(0.0, 100 * row["ci_high"] - y)]]  # rounding at 0/100%
-        ax.errorbar(x, y, yerr=err, fmt="o", capsize=3)
-        ax.annotate(f"{row['model']} {row['sampler']}\n{row['nfe_per_action']:.2f} NFE/action", (x, y),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+        marker = markers.setdefault(row["model"], "osD^vP*X"[len(markers) % 8])
+        ax.errorbar(x, y, yerr=err, fmt=marker, capsize=3,
+                    label=f"{row['model']} {row['sampler']} ({row['nfe_per_action']:.2f} NFE/action)")
     ax.set_xscale("log")
     ax.set_xlabel("planning-call latency p50 at batch 1 (ms, log scale)")
     ax.set_ylabel("success rate (%)")
     ax.set_title(f"robopol bench inference: {task}")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
