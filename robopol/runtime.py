@@ -20,6 +20,7 @@ from torch import nn
 
 from robopol.checkpoint import Checkpoint, load_checkpoint
 from robopol.data.normalize import Normalizer
+from robopol.data.store import EpisodeStore
 from robopol.envs import BatchedEnv, EnvSpec, SimulatorEnv
 from robopol.errors import CheckpointError, ConfigError
 from robopol.schemas import RTIConfig
@@ -165,7 +166,7 @@ class ChunkActor:
             self._guess = chunk
         if self.discrete_dims:
             chunk = chunk.clone()
-            chunk[..., self.discrete_dims] = torch.where(chunk[..., self.discrete_dims] >= 0, 1.0, -1.0)
+            chunk[..., self.discrete_dims] = binarize(chunk[..., self.discrete_dims])
         low, high = self.normalizer.bounds(self.action_key, like=chunk)
         chunk = torch.clamp(chunk, low, high)
         raw = self.normalizer.unnormalize(self.action_key, chunk).cpu().numpy()
@@ -176,12 +177,63 @@ class ChunkActor:
         """The previous clean chunk moved ``action_steps`` ahead, its last action repeated; clip-variant
         discrete dims set to +-1 / clip_factor."""
         assert self._guess is not None and self.rti is not None
-        k = self.action_steps
-        guess = torch.cat([self._guess[:, k:], self._guess[:, -1:].expand(-1, k, -1)], dim=1)
+        guess = shift_chunk(self._guess, self.action_steps)
         clipped = [d for d in self.rti.discrete_dims if d not in getattr(self.policy, "discrete_dims", ())]
         if clipped:
-            guess[..., clipped] = torch.where(guess[..., clipped] >= 0, 1.0, -1.0) / self.rti.clip_factor
+            guess[..., clipped] = binarize(guess[..., clipped]) / self.rti.clip_factor
         return guess
+
+
+def shift_chunk(chunk: torch.Tensor, steps: int) -> torch.Tensor:
+    """``(B, H, A)`` chunk moved ``steps`` ahead, its last action repeated to keep length H (RTI's guess)."""
+    return torch.cat([chunk[:, steps:], chunk[:, -1:].expand(-1, steps, -1)], dim=1)
+
+
+def binarize(values: torch.Tensor) -> torch.Tensor:
+    """Normalised binary commands: +1 at or above the middle of the range, -1 below."""
+    return torch.where(values >= 0, 1.0, -1.0).to(values.dtype)
+
+
+def pick_rti_noise_level(actor: ChunkActor, store: EpisodeStore, pairs: int = 256, seed: int = 0) -> float:
+    """RTI's entry level from data: the noise scale at which a shifted guess looks like a sample of the chain.
+
+    For ``pairs`` random consecutive planning points ``(t, t + k)`` of the store's episodes (``k`` the
+    executed steps per call) the policy's full chain gives clean chunks ``A_t`` and ``A_{t+k}``; the guess
+    ``G`` is ``A_t`` shifted by ``k``. At noise scale ``s`` the chain expects ``x_s = c_signal(s) A +
+    c_noise(s) eps`` and :meth:`GenerativePolicy.refine` starts from ``c_signal(s) G``, so the mean squared
+    gap ``E|G - c_signal(s) A_{t+k}|^2`` per entry should equal ``c_noise(s)^2``: the level returned is the
+    scale on a 0.01 grid where the two are closest (algorithms.md section 10's offline choice of K').
+    """
+    policy = actor.policy
+    rng = np.random.default_rng(seed)
+    ends = store.episode_ends
+    starts = np.concatenate([[0], ends[:-1]])
+    k = actor.action_steps
+    chosen = rng.choice([e for e in range(len(ends)) if ends[e] - starts[e] > k], size=pairs)
+    times = np.array([rng.integers(starts[e], ends[e] - k) for e in chosen])
+    arrays = store.load(actor.obs_keys)
+
+    def windows(t: np.ndarray) -> torch.Tensor:
+        # observation history of length To, repeating the episode's first step before it starts
+        index = np.maximum(t[:, None] + np.arange(-policy.obs_steps + 1, 1), starts[chosen][:, None])
+        stacked = {key: torch.as_tensor(arrays[key][index]) for key in actor.obs_keys}
+        return obs_features(stacked, actor.obs_keys, actor.normalizer).float()
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        now = policy.to_internal(policy.sample(windows(times), generator=generator))
+        later = policy.to_internal(policy.sample(windows(times + k), generator=generator))
+    guess = shift_chunk(now, k)
+    ones = torch.ones(1, 1, 1)
+    best, best_gap = 1.0, float("inf")
+    for scale in np.round(np.linspace(0.01, 1.0, 100), 4):
+        level = policy.level_at(float(scale)).expand(1)
+        signal = policy.noised(ones, torch.zeros_like(ones), level).item()
+        noise = policy.noised(torch.zeros_like(ones), ones, level).item()
+        gap = abs((guess - signal * later).pow(2).mean().item() - noise**2)
+        if gap < best_gap:
+            best, best_gap = float(scale), gap
+    return best
 
 
 @contextmanager

@@ -41,7 +41,8 @@ def student_and_teacher(fn_student, fn_teacher):
 
 def test_boundary_scalings_make_f_the_identity_on_clean_chunks():
     c_skip, c_out = boundary_scalings(torch.tensor([0.0, 0.01, 1.0]))
-    torch.testing.assert_close(c_skip[0], torch.tensor(1.0)) and torch.testing.assert_close(c_out[0], torch.tensor(0.0))
+    torch.testing.assert_close(c_skip[0], torch.tensor(1.0))
+    torch.testing.assert_close(c_out[0], torch.tensor(0.0))
     assert c_skip[1].item() == pytest.approx(0.25 / (100 + 0.25))  # one level of 100: LCM's 10x scaling
     assert c_skip[2].item() < 1e-6 and c_out[2].item() == pytest.approx(1.0, abs=1e-6)
     student, _ = student_and_teacher(lambda x, t: x * 0 + 5.0, lambda x, t: x)

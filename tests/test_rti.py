@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from robopol.bench.inference import pick_rti_noise_level
 from robopol.data.normalize import Normalizer
 from robopol.data.store import EpisodeStore
 from robopol.errors import ConfigError
 from robopol.policies.flow import FlowPolicy
-from robopol.runtime import ChunkActor, count_calls, latency_summary
+from robopol.runtime import (
+    ChunkActor,
+    binarize,
+    count_calls,
+    latency_summary,
+    pick_rti_noise_level,
+    shift_chunk,
+)
 from robopol.schemas import RTIConfig
 
 
@@ -49,8 +55,11 @@ def planned(p: int) -> torch.Tensor:
     return torch.stack([0.1 * p + h / 100, torch.tensor([0.3, -0.2, 0.05, -0.7])], dim=-1)[None]
 
 
-def shift(chunk: torch.Tensor, k: int) -> torch.Tensor:
-    return torch.cat([chunk[:, k:], chunk[:, -1:].expand(-1, k, -1)], dim=1)
+def test_shift_chunk_moves_ahead_and_repeats_the_last_action_and_binarize_splits_at_zero():
+    chunk = torch.tensor([[[1.0], [2.0], [3.0], [4.0]]])
+    assert shift_chunk(chunk, 1).flatten().tolist() == [2.0, 3.0, 4.0, 4.0]
+    assert shift_chunk(chunk, 3).flatten().tolist() == [4.0, 4.0, 4.0, 4.0]
+    assert binarize(torch.tensor([-0.3, 0.0, 0.2])).tolist() == [-1.0, 1.0, 1.0]
 
 
 def normalizer():
@@ -67,9 +76,9 @@ def test_rti_runs_the_full_chain_first_then_refines_the_shifted_previous_chunk_e
     actor = ChunkActor(policy, normalizer(), ["x"], sampler="rti", rti=RTIConfig(noise_level=0.1, steps=3))
     actions = act(actor, 3)
     assert policy.samples == 1 and len(policy.guesses) == 2 and policy.refine_args == [(0.1, 3), (0.1, 3)]
-    torch.testing.assert_close(policy.guesses[0], shift(planned(1), 1))  # one executed step, last repeated
-    second = shift(planned(1), 1) + torch.tensor([0.25, 0.0])
-    torch.testing.assert_close(policy.guesses[1], shift(second, 1))
+    torch.testing.assert_close(policy.guesses[0], shift_chunk(planned(1), 1))  # one executed step, last repeated
+    second = shift_chunk(planned(1), 1) + torch.tensor([0.25, 0.0])
+    torch.testing.assert_close(policy.guesses[1], shift_chunk(second, 1))
     # each step executes the first action of the newest chunk (raw = 10 x normalised in dim 0)
     np.testing.assert_allclose([a[0, 0] for a in actions], [1.0, 10 * (0.11 + 0.25), 10 * (0.12 + 0.5)], rtol=1e-5)
     assert actor.nfe == 10 + 3 + 3 and actor.nfe_per_action == pytest.approx(16 / 3)
@@ -80,7 +89,7 @@ def test_rti_executes_rti_action_steps_and_shifts_by_them():
     actor = ChunkActor(policy, normalizer(), ["x"], sampler="rti", rti=RTIConfig(action_steps=2))
     actions = act(actor, 4)
     assert policy.samples == 1 and len(policy.guesses) == 1 and actor.plans == 2
-    torch.testing.assert_close(policy.guesses[0], shift(planned(1), 2))
+    torch.testing.assert_close(policy.guesses[0], shift_chunk(planned(1), 2))
     np.testing.assert_allclose([a[0, 0] for a in actions], [1.0, 1.1, 3.7, 3.8], rtol=1e-5)
 
 

@@ -7,7 +7,7 @@ sampler: the success rate over ``episodes`` episodes (10 envs stepped together),
 evaluations per executed action (NFE/action) over those episodes, and the latency at batch 1 (p50 / p99 over
 two further episodes run one env at a time) of a whole planning call (``p50_ms``: observations in, actions
 out) and of the policy's chunk sampling inside it (``chunk_p50_ms``). RTI rows warm-start from the level
-:func:`pick_rti_noise_level` picks from the demonstrations. Models already trained in ``out_dir`` to the
+:func:`robopol.runtime.pick_rti_noise_level` picks from the demonstrations. Models already trained in ``out_dir`` to the
 requested steps are reused, so a rerun only evaluates. Writes ``inference_<task>.json`` and a plot of
 success against latency.
 """
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
@@ -27,13 +26,7 @@ from robopol.bench.report import write_report
 from robopol.checkpoint import load_checkpoint
 from robopol.data.store import EpisodeStore
 from robopol.errors import CheckpointError
-from robopol.runtime import (
-    ChunkActor,
-    evaluate,
-    latency_summary,
-    load_actor,
-    obs_features,
-)
+from robopol.runtime import evaluate, latency_summary, load_actor, pick_rti_noise_level
 from robopol.schemas import RTIConfig
 from robopol.tasks import make_env
 
@@ -45,50 +38,6 @@ DISTILL_RECIPE = ["algo=distill", "algo.warmup_steps=200", "trainer.batch_size=2
 # suits that plain regression); the LCM-style loss trains every level, so chained sampling works too.
 STUDENTS = {"consistency_am": ["algo.loss=action_matching", "algo.lr=3e-4"],
             "consistency_lcm": ["algo.loss=consistency", "algo.lr=1e-4"]}
-
-
-def pick_rti_noise_level(actor: ChunkActor, store: EpisodeStore, pairs: int = 256, seed: int = 0) -> float:
-    """RTI's entry level from data: the noise scale at which a shifted guess looks like a sample of the chain.
-
-    For ``pairs`` random consecutive planning points ``(t, t + k)`` of the demonstrations (``k`` the executed
-    steps per call) the full chain gives clean chunks ``A_t`` and ``A_{t+k}``; the guess ``G`` is ``A_t``
-    shifted by ``k``. At noise scale ``s`` the chain expects ``x_s = c_signal(s) A + c_noise(s) eps``, so the
-    mean squared gap ``E|G - c_signal(s) A_{t+k}|^2`` per entry should equal ``c_noise(s)^2``: the level
-    returned is the grid scale where the two are closest (algorithms.md section 10's offline choice of K').
-    """
-    policy = actor.policy
-    rng = np.random.default_rng(seed)
-    ends = store.episode_ends
-    starts = np.concatenate([[0], ends[:-1]])
-    k = actor.action_steps
-    episodes = [e for e in range(len(ends)) if ends[e] - starts[e] > k]
-    chosen = rng.choice(episodes, size=pairs)
-    times = np.array([rng.integers(starts[e], ends[e] - k) for e in chosen])
-    arrays = store.load(actor.obs_keys)
-
-    def windows(t: np.ndarray) -> torch.Tensor:
-        # observation history of length To, repeating the episode's first step before it starts
-        first = starts[chosen][:, None]
-        index = np.maximum(t[:, None] + np.arange(-policy.obs_steps + 1, 1), first)
-        stacked = {key: torch.as_tensor(arrays[key][index]) for key in actor.obs_keys}
-        return obs_features(stacked, actor.obs_keys, actor.normalizer).float()
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        now = policy.to_internal(policy.sample(windows(times), generator=generator))
-        later = policy.to_internal(policy.sample(windows(times + k), generator=generator))
-    guess = torch.cat([now[:, k:], now[:, -1:].expand(-1, k, -1)], dim=1)
-    grid = np.unique(np.round(np.linspace(0.01, 1.0, 100), 4))
-    best, best_gap = 1.0, np.inf
-    for scale in grid:
-        level = policy.level_at(float(scale)).expand(1)
-        ones = torch.ones(1, 1, 1)
-        signal = policy.noised(ones, torch.zeros_like(ones), level).item()
-        noise = policy.noised(torch.zeros_like(ones), ones, level).item()
-        gap = abs((guess - signal * later).pow(2).mean().item() - noise**2)
-        if gap < best_gap:
-            best, best_gap = float(scale), gap
-    return best
 
 
 def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:

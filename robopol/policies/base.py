@@ -60,6 +60,12 @@ class MLPDenoiser(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1)).view(batch, self.horizon, self.input_dim)
 
 
+def check_steps(key: str, steps: object) -> None:
+    """Raise a ValueError naming ``key`` unless ``steps`` is a positive integer."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{key} must be a positive integer, got {steps!r}")
+
+
 def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
     """Raise a ValueError naming the config key when ``value`` is not one of ``choices``."""
     if value not in choices:
@@ -272,8 +278,7 @@ class GenerativePolicy(nn.Module, ABC):
         self.check_obs(obs)
         if not 0.0 < noise_scale <= 1.0:
             raise ValueError(f"the warm-start noise level must be in (0, 1], got {noise_scale}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"the warm-start steps must be a positive integer, got {steps!r}")
+        check_steps("the warm-start steps", steps)
         levels = [self.level_at(noise_scale * (1 - i / steps)).to(guess.device) for i in range(steps + 1)]
         guess = self.to_internal(guess)
         batch = guess.shape[0]
@@ -285,19 +290,16 @@ class GenerativePolicy(nn.Module, ABC):
 
     def to_internal(self, action: torch.Tensor) -> torch.Tensor:
         """Normalised actions -> the space the head models (discrete dims times ``discrete_scale``)."""
-        if not self.discrete_dims or self.discrete_scale == 1.0:
-            return action
-        scale = torch.ones(self.action_dim, dtype=action.dtype, device=action.device)
-        scale[self.discrete_dims] = self.discrete_scale
-        return action * scale
+        return action if self.discrete_scale == 1.0 else action * self._discrete_scaling(action)
 
     def to_external(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_internal`."""
-        if not self.discrete_dims or self.discrete_scale == 1.0:
-            return x
-        scale = torch.ones(self.action_dim, dtype=x.dtype, device=x.device)
+        return x if self.discrete_scale == 1.0 else x / self._discrete_scaling(x)
+
+    def _discrete_scaling(self, like: torch.Tensor) -> torch.Tensor:
+        scale = torch.ones(self.action_dim, dtype=like.dtype, device=like.device)
         scale[self.discrete_dims] = self.discrete_scale
-        return x / scale
+        return scale
 
     def resolve_sampler(self, sampler: str | None, steps: int | None,
                         config: bool = False) -> tuple[str, int]:
@@ -308,8 +310,7 @@ class GenerativePolicy(nn.Module, ABC):
         if sampler not in self.SAMPLERS:
             raise ValueError(f"{where[0]} must be one of {', '.join(self.SAMPLERS)} for "
                              f"{type(self).__name__}, got '{sampler}'")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"{where[1]} must be a positive integer, got {steps!r}")
+        check_steps(where[1], steps)
         if self.max_steps is not None and steps > self.max_steps:
             raise ValueError(f"{where[1]}={steps} exceeds the {self.max_steps} training noise levels "
                              f"(policy.num_train_timesteps)")

@@ -24,7 +24,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from robopol.policies.base import GenerativePolicy
+from robopol.policies.base import GenerativePolicy, check_steps
 
 SIGMA_DATA = 0.5
 SCALE_STRETCH = 1000.0
@@ -96,6 +96,5 @@ class ConsistencyPolicy(nn.Module):
         if sampler not in self.SAMPLERS:
             raise ValueError(f"a distilled consistency student samples only with sampler=consistency, got "
                              f"'{sampler}' (evaluate the teacher checkpoint for its own samplers)")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"inference_steps must be a positive integer, got {steps!r}")
+        check_steps("inference_steps", steps)
         return sampler, steps
