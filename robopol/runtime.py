@@ -373,7 +373,7 @@ def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple
 
     ``actor_options`` go to :class:`ChunkActor` (execution, ensemble_decay, sampler, steps, rti, seed).
     """
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
 
     ckpt = load_checkpoint(path)
     manifest = ckpt.manifest
@@ -381,7 +381,12 @@ def load_actor(path: str, device: str = "cpu", **actor_options: object) -> tuple
         if key not in manifest:
             raise CheckpointError(f"{ckpt.path}/manifest.json has no '{key}': it is not a policy checkpoint")
     policy = instantiate(ckpt.config.policy, obs_dim=manifest["obs_dim"], action_dim=manifest["action_dim"])
-    ckpt.load_modules({"ema" if "ema" in ckpt.module_names() else "policy": policy})
+    # Critic-based algorithms deploy more than the policy head (best-of-N needs its critic).
+    algo_class = get_class(ckpt.config.algo._target_) if "algo" in ckpt.config else None
+    if hasattr(algo_class, "load_eval_policy"):
+        policy = algo_class.load_eval_policy(ckpt, policy)
+    else:
+        ckpt.load_modules({"ema" if "ema" in ckpt.module_names() else "policy": policy})
     normalizer = Normalizer.from_state(*ckpt.normalizer())
     actor = ChunkActor(policy.to(device), normalizer, manifest["obs_keys"], manifest.get("action_key", "action"),
                        device, **actor_options)

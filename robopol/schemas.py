@@ -90,6 +90,87 @@ class DistillConfig(BCConfig):
 
 
 @dataclass
+class OfflineRLConfig(AlgoConfig):
+    """Fields shared by the critic-based offline RL algorithms (robopol.algos.offline)."""
+
+    lr: float = 3e-4
+    """Adam learning rate of every network."""
+    gamma: float = 0.99
+    """Discount per environment step (a chunk of n steps bootstraps with gamma**n)."""
+    tau: float = 0.005
+    """Polyak rate of the target networks."""
+    reward: str = "store"
+    """How rewards are read: store (as stored), sparse (0 where the stored reward is 0, else -1; QC's --sparse) or success (1 on true terminal steps, else 0)."""
+    num_critics: int = 2
+    """Members of each critic ensemble."""
+    critic_hidden_dims: list[int] = field(default_factory=lambda: [512, 512, 512, 512])
+    """Hidden widths of every critic / value MLP."""
+    layer_norm: bool = True
+    """LayerNorm in the critic MLPs."""
+    ema_decay: float = 0.0
+    """EMA of the policy weights (evaluation and deployment use it); 0 disables it."""
+    grad_clip: float = 0.0
+    """Clip every gradient norm to this value; 0 disables clipping."""
+    drop_truncated: bool = True
+    """Leave windows that run into a time limit out of the TD losses (QC); false bootstraps them from the last stored state."""
+
+
+@dataclass
+class QCConfig(OfflineRLConfig):
+    """Q-chunking: a critic over the policy's whole chunk with the unbiased h-step backup (algorithms.md §5a)."""
+
+    name: str = "qc"
+    _target_: str = "robopol.algos.qc.QC"
+    q_agg: str = "mean"
+    """Ensemble aggregation in the TD target and best-of-N scores: mean or min."""
+    extraction: str = "best_of_n"
+    """best_of_n (QC: pick the best of N flow-policy chunks by Q) or distill (QC-FQL: a one-step actor)."""
+    best_of_n: int = 32
+    """Chunks drawn per decision by best-of-N extraction."""
+    alpha: float = 100.0
+    """distill: weight of the one-step actor's distillation term (QC's README: 100)."""
+    normalize_q_loss: bool = False
+    """distill: divide the actor's Q term by stopgrad(mean |Q|)."""
+    actor_hidden_dims: list[int] = field(default_factory=lambda: [512, 512, 512, 512])
+    """distill: hidden widths of the one-step actor."""
+
+
+@dataclass
+class DQCConfig(OfflineRLConfig):
+    """Decoupled Q-chunking: critic chunk h, policy chunk h_a = policy.horizon, distilled partial critic (§5b)."""
+
+    name: str = "dqc"
+    _target_: str = "robopol.algos.dqc.DQC"
+    gamma: float = 0.999
+    reward: str = "success"
+    critic_hidden_dims: list[int] = field(default_factory=lambda: [1024, 1024, 1024, 1024])
+    chunk_horizon: int = 25
+    """h: steps of the chunk critic's backup (at least policy.horizon)."""
+    logits: bool = True
+    """Value nets output logits of [0, 1] values, trained with BCE (needs reward=success or [0, 1] rewards)."""
+    kappa_d: float = 0.8
+    """Expectile of the partial critic's distillation onto the chunk critic."""
+    kappa_b: float = 0.9
+    """Quantile of the implicit value backup from the partial critic."""
+    q_agg: str = "mean"
+    """Partial-critic ensemble aggregation in the backup and best-of-N scores: mean or min."""
+    best_of_n: int = 32
+    """Chunks drawn per decision by best-of-N extraction."""
+
+
+@dataclass
+class OFQLConfig(OfflineRLConfig):
+    """One-step flow Q-learning: mean-flow policy + double-Q critic, one network call per chunk (§4)."""
+
+    name: str = "ofql"
+    _target_: str = "robopol.algos.ofql.OFQL"
+    eta: float = 0.1
+    """Weight of the actor's Q term relative to the flow BC loss (alpha = eta / mean|Q|)."""
+    ema_decay: float = 0.995
+    """EMA of the policy: the target actor of the TD target and the evaluated policy."""
+
+
+@dataclass
 class RobotConfig:
     """A robot profile: driver, rates and limits used by the control loop and the safety filter."""
 
@@ -314,7 +395,7 @@ def group_schemas() -> dict[str, dict[str, type]]:
     return {
         "task": TASK_SCHEMAS,
         "policy": POLICY_SCHEMAS,
-        "algo": {"bc": BCConfig, "distill": DistillConfig},
+        "algo": {"bc": BCConfig, "distill": DistillConfig, "qc": QCConfig, "dqc": DQCConfig, "ofql": OFQLConfig},
         "robot": {"robot": RobotConfig},
     }
 

@@ -54,11 +54,19 @@ def to_batch(windows: dict[str, np.ndarray], obs_keys: list[str], normalizer: No
              device: torch.device) -> dict[str, torch.Tensor]:
     """Sampler windows (raw numpy) -> normalised torch batch: ``obs`` (B, To, D), ``action`` (B, H, A)."""
     obs = {k: torch.as_tensor(windows[k], device=device) for k in obs_keys}
-    return {
+    batch = {
         "obs": obs_features(obs, obs_keys, normalizer).float(),
         "action": normalizer.normalize(ACTION_KEY, torch.as_tensor(windows[ACTION_KEY], device=device)).float(),
         "action_is_pad": torch.as_tensor(windows["action_is_pad"], device=device),
     }
+    if "reward_sum" in windows:  # chunk-critic fields (see robopol.data.sampler)
+        next_obs = {k: torch.as_tensor(windows[f"next_obs.{k}"], device=device) for k in obs_keys}
+        batch["next_obs"] = obs_features(next_obs, obs_keys, normalizer).float()
+        for key in ("reward_sum", "discount"):
+            batch[key] = torch.as_tensor(windows[key], device=device).float()
+        for key in ("mask", "valid", "terminal", "truncated"):
+            batch[key] = torch.as_tensor(windows[key], device=device)
+    return batch
 
 
 def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = None) -> TrainResult:
@@ -94,10 +102,15 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     if teacher_ckpt is not None:  # the student starts from the teacher's weights
         teacher = _load_teacher(teacher_ckpt, obs_dim, action_dim).to(device)
         policy.head.load_state_dict(teacher.state_dict())
+    algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps,
+                 **({"teacher": teacher} if teacher is not None else {}))
+    options = algo.window_options() if hasattr(algo, "window_options") else {}
+    if options.get("critic"):
+        arrays.update(_load_rewards(store, data_location, algo))
 
     train_eps, val_eps = split_episodes(len(store), tcfg.val_fraction, seed=cfg.seed)
     window = WindowConfig(obs_keys=tuple(obs_keys), action_key=ACTION_KEY, obs_steps=policy.obs_steps,
-                          horizon=policy.horizon)
+                          **{"horizon": policy.horizon, **options})
     sampler = WindowSampler(arrays, store.episode_ends, window, episodes=train_eps, seed=cfg.seed)
     val_sampler = (WindowSampler(arrays, store.episode_ends, window, episodes=val_eps, seed=cfg.seed + 1)
                    if len(val_eps) else None)
@@ -109,9 +122,6 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
         train_steps = np.concatenate([np.arange(starts[e], store.episode_ends[e]) for e in train_eps])
         normalizer = Normalizer.fit({k: arrays[k][train_steps] for k in [*obs_keys, ACTION_KEY]},
                                     modes={k: "minmax" for k in [*obs_keys, ACTION_KEY]})
-
-    algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps,
-                 **({"teacher": teacher} if teacher is not None else {}))
 
     start = 0
     best_success = -1.0  # success rate of checkpoints/best
@@ -240,6 +250,20 @@ def _collect_demos(cfg: DictConfig, run: RunDir) -> str:
         collect_episodes(cfg.task, location, episodes=cfg.demos, seed=cfg.seed, progress=cfg.trainer.progress,
                          num_workers=2)
     return location
+
+
+def _load_rewards(store: EpisodeStore, location: str, algo: Any) -> dict[str, np.ndarray]:
+    """The per-step ``reward`` (as the algorithm reads it) and ``terminal`` arrays a critic learns from."""
+    keys = set(store.keys())
+    if "reward" not in keys:
+        raise ConfigError(f"algo={algo.name} learns from rewards, and store {location} has no per-step 'reward' "
+                          f"key; collect it with `robopol collect` or convert a dataset that has rewards")
+    terminal = store.load(["terminal"])["terminal"] if "terminal" in keys else None
+    try:
+        reward = algo.prepare_rewards(store.load(["reward"])["reward"], terminal)
+    except ValueError as err:
+        raise ConfigError(f"algo={algo.name} on {location}: {err}") from err
+    return {"reward": reward, **({"terminal": terminal} if terminal is not None else {})}
 
 
 def _check_data_matches_task(arrays: dict[str, np.ndarray], spec: EnvSpec, location: str) -> None:

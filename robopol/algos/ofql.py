@@ -1,0 +1,104 @@
+"""One-step flow Q-learning (OFQL, arXiv 2508.13904; algorithms.md §4): DQL's behaviour-regularised
+actor-critic with the mean-flow head, so a chunk (or a single action) costs one network call in training and
+at inference, with no backpropagation through a sampling chain and no distillation.
+
+- Policy: :class:`robopol.policies.meanflow.MeanFlowPolicy`. Its one-step sample
+  ``a_theta(s, eps) = eps + u_theta(eps, 0, 1; s)`` (robopol's t=0-noise form of OFQL's
+  ``eps - u(eps, 0, 1)``) is differentiable, so the critic's gradient reaches the policy directly.
+- Actor loss: the mean-flow BC loss (its JVP target) ``- alpha * mean_i Q_i(s, clip(a_theta(s, eps)))`` with
+  ``alpha = eta / stopgrad(E|Q|)`` (:func:`robopol.critics.q_loss_scale`), so ``eta`` is scale-free.
+- Critic: double Q over the chunk, TD target with the min over the target critics at
+  ``clip(a_target(s', eps'))`` from the EMA ("target") actor; Polyak targets.
+
+The chunk TD target uses the sampler's fields, so ``policy.horizon=1`` is OFQL on single actions and longer
+horizons are chunked critics as in QC. The clipped chunk the actor's Q term sees is exactly the kind of
+chunk the target uses (algorithms.md §0). Deviation: DQL updates its EMA actor every 5 steps after a 1000-step
+delay; here the EMA moves every step (``ema_decay``), which needs no extra schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from robopol.algos.offline import OfflineRL, build_critic, clip_action
+from robopol.critics import aggregate, chunk_td_target, polyak_update, q_loss_scale, td_loss
+from robopol.critics.nets import CriticEnsemble
+from robopol.policies.meanflow import MeanFlowPolicy
+
+
+def one_step_chunk(policy: MeanFlowPolicy, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """``a = eps + u(eps, 0, 1; s)`` in normalised action space, with gradient."""
+    start = noise.new_zeros(noise.shape[0])
+    return policy.to_external(noise + policy.average_velocity(noise, start, start + 1.0, obs))
+
+
+def draw_noise(policy: MeanFlowPolicy, batch: int, like: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.randn((batch, policy.horizon, policy.action_dim), generator=generator, device=like.device,
+                       dtype=like.dtype)
+
+
+def critic_loss(critic: CriticEnsemble, target_critic: CriticEnsemble, target_actor: MeanFlowPolicy,
+                batch: dict[str, torch.Tensor], weight: torch.Tensor | None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """Double-Q chunk TD loss; the target takes the min over target critics at the target actor's chunk."""
+    next_obs = batch["next_obs"]
+    with torch.no_grad():
+        next_chunk = clip_action(one_step_chunk(target_actor, next_obs,
+                                                draw_noise(target_actor, next_obs.shape[0], next_obs, generator)))
+        next_q = aggregate(target_critic(next_obs, next_chunk), "min")
+        target = chunk_td_target(batch["reward_sum"], batch["discount"], batch["mask"], next_q)
+    q = critic(batch["obs"], clip_action(batch["action"]))
+    loss = td_loss(q, target, weight)
+    return loss, {"critic_loss": loss.item(), "q_mean": q.mean().item(), "target_mean": target.mean().item()}
+
+
+def actor_loss(policy: MeanFlowPolicy, critic: CriticEnsemble, bc_batch: dict[str, torch.Tensor], eta: float,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """``L_FBC - alpha * mean Q(s, clip(a_theta(s, eps)))``, ``alpha = eta / stopgrad(mean |Q|)``."""
+    bc, metrics = policy.loss(bc_batch, generator)
+    obs = bc_batch["obs"]
+    chunk = clip_action(one_step_chunk(policy, obs, draw_noise(policy, obs.shape[0], obs, generator)))
+    q = critic(obs, chunk).mean(dim=0)
+    alpha = q_loss_scale(q, eta)
+    loss = bc - alpha * q.mean()
+    return loss, {**metrics, "actor_q": q.mean().item(), "alpha": alpha.item()}
+
+
+class OFQL(OfflineRL):
+    """One-step flow Q-learning (see the module docstring)."""
+
+    def __init__(self, policy: nn.Module, total_steps: int, *, name: str = "ofql", lr: float = 3e-4,
+                 gamma: float = 0.99, tau: float = 0.005, reward: str = "store", eta: float = 0.1,
+                 num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512),
+                 layer_norm: bool = True, ema_decay: float = 0.995, grad_clip: float = 0.0,
+                 drop_truncated: bool = True) -> None:
+        if not isinstance(policy, MeanFlowPolicy):
+            raise ValueError(f"OFQL trains the mean-flow head: use policy=meanflow, got {type(policy).__name__}")
+        if ema_decay <= 0:
+            raise ValueError("OFQL's TD target uses the EMA (target) actor: algo.ema_decay must be in (0, 1)")
+        if eta < 0:
+            raise ValueError(f"algo.eta must be >= 0, got {eta}")
+        super().__init__(policy, total_steps, name=name, lr=lr, gamma=gamma, tau=tau, reward=reward,
+                         critic_horizon=policy.horizon, ema_decay=ema_decay, grad_clip=grad_clip,
+                         drop_truncated=drop_truncated)
+        self.eta = eta
+        self.critic = build_critic(policy, policy.horizon, num_critics, critic_hidden_dims, layer_norm)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.nets = {"critic": self.critic, "critic_target": self.critic_target}
+        self.optimizers = {"critic": self.adam(self.critic), "policy": self.adam(policy)}
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.policy.train()
+        loss, metrics = critic_loss(self.critic, self.critic_target, self.ema, batch, self.critic_weight(batch))
+        self.step("critic", loss)
+        self.critic.requires_grad_(False)  # the actor's Q term trains the policy only
+        policy_loss, actor_metrics = actor_loss(self.policy, self.critic, self.policy_batch(batch), self.eta)
+        self.step("policy", policy_loss)
+        self.critic.requires_grad_(True)
+        polyak_update(self.critic_target, self.critic, self.tau)
+        self.after_update()
+        return {"loss": loss.item(), "policy_loss": policy_loss.item(), **metrics, **actor_metrics}
