@@ -167,13 +167,21 @@ def describe_fields(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
             yield f"  {name} = {value}" + (f"    # {docs[key]}" if key in docs else "")
 
 
-def config_groups() -> dict[str, list[str]]:
-    """The options of every config group shipped in ``configs/`` (schema entries excluded)."""
+# Config groups that only some subcommands compose (``recipe``: the collection recipes of `robopol collect`).
+COMMAND_GROUPS: dict[str, tuple[str, ...]] = {"recipe": ("collect",)}
+
+
+def config_groups(command: str | None = None) -> dict[str, list[str]]:
+    """The options of every config group shipped in ``configs/`` (schema entries excluded).
+
+    A group of ``COMMAND_GROUPS`` is listed only for the subcommands that compose it (never without one).
+    """
     root = importlib.resources.files(CONFIG_MODULE)
     return {
         group.name: sorted(f.name.removesuffix(".yaml") for f in group.iterdir() if f.name.endswith(".yaml"))
         for group in sorted(root.iterdir(), key=lambda p: p.name)
         if group.is_dir() and not group.name.startswith(("_", "."))
+        and command in COMMAND_GROUPS.get(group.name, (command,))
     }
 
 
@@ -186,7 +194,7 @@ def print_help(command: str, overrides: list[str]) -> None:
     print("Hydra flags: --cfg job prints the resolved config without running; -m key=a,b sweeps;")
     print("--info shows the config search path; see `--hydra-help` for the rest.\n")
     print("== Config groups (group=option) ==")
-    for group, options in config_groups().items():
+    for group, options in config_groups(command).items():
         print(f"  {group}: {', '.join(options)}")
     try:
         cfg = compose(command, expand_sweep(overrides)[0], complete=False)

@@ -238,20 +238,28 @@ class GenerativePolicy(nn.Module, ABC):
 
     def loss(self, batch: dict[str, torch.Tensor],
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean squared error of the head's prediction on a batch of normalised windows."""
+        """Mean squared error of the head's prediction on a batch of normalised windows.
+
+        An optional ``batch["sample_weight"]`` ``(B,)`` weights each window's error (advantage-weighted
+        regression: IQL's AWR, ALOE's weighted flow matching); the loss is then ``mean(weight * error)``.
+        """
         action, obs = self.to_internal(batch["action"]), batch["obs"]
         self.check_obs(obs)
         noise = torch.randn(action.shape, generator=generator, device=action.device, dtype=action.dtype)
         level = self.draw_level(action.shape[0], generator, action.device)
         pred, target = self.training_pair(action, obs, noise, level)
         is_pad = batch.get("action_is_pad") if self.mask_padding else None
-        return self.regression_loss(pred, target, is_pad)
+        return self.regression_loss(pred, target, is_pad, batch.get("sample_weight"))
 
-    def regression_loss(self, pred: torch.Tensor, target: torch.Tensor,
-                        is_pad: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss from ``(prediction, target)``: the masked mean squared error."""
-        loss = masked_mse(pred, target, is_pad)
-        return loss, {self.METRIC: loss.item()}
+    def regression_loss(self, pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None,
+                        weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss from ``(prediction, target)``: the masked mean squared error, or with per-sample
+        weights the mean of ``weight * per-sample error``."""
+        if weight is None:
+            loss = masked_mse(pred, target, is_pad)
+            return loss, {self.METRIC: loss.item()}
+        error = per_sample_mse(pred, target, is_pad)
+        return (weight * error).mean(), {self.METRIC: error.mean().item()}
 
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None, sampler: str | None = None,

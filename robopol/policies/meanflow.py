@@ -133,11 +133,13 @@ class MeanFlowPolicy(FlowPolicy):
         target[interval] = v_i - per_sample(t_i - r_i, v_i) * du_dt
         return target
 
-    def regression_loss(self, pred: torch.Tensor, target: torch.Tensor,
-                        is_pad: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    def regression_loss(self, pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None,
+                        weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         error = per_sample_mse(pred, target, is_pad)
-        weight = (error.detach() + self.adaptive_eps).pow(-self.adaptive_power)
-        return (weight * error).mean(), {self.METRIC: error.mean().item()}
+        adaptive = (error.detach() + self.adaptive_eps).pow(-self.adaptive_power)
+        if weight is not None:
+            adaptive = adaptive * weight
+        return (adaptive * error).mean(), {self.METRIC: error.mean().item()}
 
     def integrate(self, x: torch.Tensor, obs: torch.Tensor, sampler: str, steps: int,
                   generator: torch.Generator | None) -> torch.Tensor:
