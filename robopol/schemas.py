@@ -343,19 +343,37 @@ class BenchCommand:
     """``robopol bench SUITE``: measure speed, print a table, write JSON."""
 
     suite: str = MISSING
-    """What to benchmark: data, sim, policy or inference."""
+    """What to benchmark: data, sim, policy, inference or offline."""
     out_dir: str = "runs/bench"
     """Where the JSON results go."""
     quick: bool = False
     """Smaller sizes, for a smoke run."""
     task: Any = None
-    """inference: the task to train and evaluate on (default cube_single_task1)."""
+    """inference, offline: the task to train and evaluate on (inference default: cube_single_task1)."""
     demos: int = 200
     """inference: expert demonstrations to train on."""
     train_steps: int = 15000
-    """inference: gradient steps of each imitation model (the consistency student gets a third)."""
+    """inference: gradient steps of each imitation model (the consistency student gets a third); offline: of every run."""
     episodes: int = 100
-    """inference: evaluation episodes per sampler."""
+    """inference: evaluation episodes per sampler; offline: per evaluation."""
+    data: str = ""
+    """offline: the episode store (with rewards) every algorithm trains on."""
+    algos: list[str] = field(default_factory=lambda: ["bc", "qc", "dqc", "ofql"])
+    """offline: algorithms to run (bc, qc, qc_fql, dqc, ofql, iql, aloe); bc is the baseline."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """offline: seeds of every algorithm."""
+    eval_every: int = 0
+    """offline: gradient steps between evaluations (0: only at the end)."""
+    horizon: int = 5
+    """offline: action chunk planned and executed whole by every algorithm (QC's h)."""
+    dqc_horizon: int = 25
+    """offline: DQC's critic chunk h (its policy chunk is horizon)."""
+    batch_size: int = 256
+    """offline: windows per gradient step."""
+    device: str = "cpu"
+    """offline: torch device of training and evaluation."""
+    extra: list[str] = field(default_factory=list)
+    """offline: further train overrides for every run (e.g. paper-scale network widths)."""
 
 
 @dataclass

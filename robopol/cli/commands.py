@@ -190,6 +190,7 @@ def _data_replay(cfg: DictConfig) -> None:
 def bench_command(cfg: DictConfig) -> None:
     suites: dict[str, Callable[[DictConfig], object]] = {
         "data": _bench_data, "sim": _bench_sim, "policy": _bench_policy, "inference": _bench_inference,
+        "offline": _bench_offline,
     }
     planned = ("sim", "policy", "inference", "offline", "control", "online", "scale")
     if cfg.suite in planned and cfg.suite not in suites:
@@ -215,6 +216,12 @@ def _bench_policy(cfg: DictConfig) -> None:
     from robopol.policies.bench import bench_policy
 
     bench_policy(cfg.out_dir, quick=cfg.quick)
+
+
+def _bench_offline(cfg: DictConfig) -> None:
+    from robopol.bench.offline import bench_offline
+
+    bench_offline(cfg)
 
 
 def _bench_inference(cfg: DictConfig) -> None:

@@ -158,11 +158,16 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     final_eval = None
     bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {cfg.algo.name}/{pcfg.name}", unit="step",
                disable=not tcfg.progress, dynamic_ncols=True)
+    update_seconds, updates = 0.0, 0  # time spent sampling and updating since the last record
     for step in range(start + 1, last + 1):
+        began = time.perf_counter()
         batch = to_batch(sampler.sample(tcfg.batch_size), obs_keys, normalizer, device)
         metrics = algo.update(batch)
+        update_seconds, updates = update_seconds + time.perf_counter() - began, updates + 1
         bar.update(1)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
+            metrics["step_ms"] = 1000 * update_seconds / updates
+            update_seconds, updates = 0.0, 0
             if val_sampler is not None:
                 val_batch = to_batch(val_sampler.sample(tcfg.batch_size), obs_keys, normalizer, device)
                 logger.log(step, {"loss": algo.validation_loss(val_batch)}, prefix="val")

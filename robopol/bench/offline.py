@@ -1,0 +1,163 @@
+"""``robopol bench offline task=... data=...``: offline RL against behaviour cloning on the same data.
+
+For each algorithm in ``algos`` and each seed in ``seeds`` the suite trains with the recipe below on the
+episode store ``data`` for ``train_steps`` gradient steps, evaluating ``episodes`` episodes every
+``eval_every`` steps. It then reports, per algorithm, the final success rate (mean and standard deviation over
+seeds, and each seed's), its difference to flow BC (``bc``) trained on the same data with the same steps,
+and the training wall-clock per 1000 gradient steps (sampling + update, evaluation excluded); a plot shows
+success against gradient steps (mean +- std over seeds).
+
+Runs live in ``out_dir/offline/<task>/<algo>/seed<k>``; a run already trained to ``train_steps`` is reused,
+so several invocations with different ``algos`` / ``seeds`` can train side by side (on a GPU machine) and a
+last one with every algorithm and seed only gathers the results.
+
+Every recipe shares the chunk: ``horizon`` steps planned and executed whole (QC's h = 5); DQC's critic looks
+``dqc_horizon`` steps ahead. Paper-scale settings are overrides of the same recipe (``train_steps``,
+``batch_size``, ``extra`` for anything else, e.g. ``extra=[algo.critic_hidden_dims=[1024,1024,1024,1024]]``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from rich.console import Console
+
+from robopol.bench.report import write_report
+from robopol.checkpoint import load_checkpoint
+from robopol.errors import CheckpointError, ConfigError
+from robopol.train.run import read_metrics
+
+console = Console(soft_wrap=True)
+
+# Per algorithm: its policy head and algorithm overrides. The BC baseline is the flow head QC and DQC extract
+# from, trained with the same optimiser settings as imitation elsewhere in robopol.
+RECIPES: dict[str, list[str]] = {
+    "bc": ["algo=bc", "policy=flow_mlp", "algo.lr=3e-4", "algo.warmup_steps=500", "algo.ema_decay=0.999"],
+    "qc": ["algo=qc", "policy=flow_mlp", "algo.ema_decay=0.999"],
+    "qc_fql": ["algo=qc", "algo.extraction=distill", "policy=flow_mlp"],
+    "dqc": ["algo=dqc", "policy=flow_mlp", "algo.ema_decay=0.999"],
+    "ofql": ["algo=ofql", "policy=meanflow"],
+    "iql": ["algo=iql", "policy=flow_mlp", "algo.ema_decay=0.999"],
+    "aloe": ["algo=aloe", "policy=flow_mlp", "algo.ema_decay=0.999"],
+}
+
+
+def bench_offline(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Train (or reuse) every (algorithm, seed) run, print the table, write JSON and the plot."""
+    from robopol.cli.app import compose
+    from robopol.train.trainer import train
+
+    if cfg.task is None or not cfg.data:
+        raise ConfigError("robopol bench offline needs task=<name> and data=<episode store with rewards>, e.g. "
+                          "task=cube_single_task1 data=cube_single_task1_play.zarr (make one with "
+                          "`robopol collect recipe=cube_single_task1_play out=...`)")
+    unknown = [a for a in cfg.algos if a not in RECIPES]
+    if unknown:
+        raise ConfigError(f"unknown algos {unknown}; available: {', '.join(RECIPES)}")
+    quick = cfg.quick
+    steps, every = (40, 20) if quick else (cfg.train_steps, cfg.eval_every or cfg.train_steps)
+    episodes = 4 if quick else cfg.episodes
+    root = Path(cfg.out_dir) / "offline" / cfg.task.name
+    horizon = cfg.horizon
+    common = [f"task={cfg.task.name}", f"data={Path(cfg.data).resolve()}", f"device={cfg.device}",
+              f"policy.horizon={horizon}", f"policy.action_steps={horizon}", f"trainer.steps={steps}",
+              f"trainer.eval_every={every}", f"trainer.eval_episodes={episodes}", f"trainer.ckpt_every={steps}",
+              f"trainer.batch_size={16 if quick else cfg.batch_size}", "trainer.log_every=100",
+              f"trainer.progress={not quick}",
+              # evaluation envs in the training process: parallel runs would otherwise oversubscribe the CPU
+              *(["task.backend=inprocess"] if "backend" in cfg.task else []),
+              *(["policy.hidden_dims=[32,32]"] if quick else [])]
+    runs: dict[str, list[Path]] = {}
+    for algo in cfg.algos:
+        for seed in cfg.seeds:
+            run = root / algo / f"seed{seed}"
+            runs.setdefault(algo, []).append(run)
+            if _trained_to(run, steps):
+                continue
+            small_critic = ["algo.critic_hidden_dims=[32,32]"] if quick and algo != "bc" else []
+            overrides = [*RECIPES[algo], *common, f"seed={seed}", *small_critic,
+                         *([f"algo.chunk_horizon={cfg.dqc_horizon}"] if algo == "dqc" else []),
+                         *_without_critic(algo, cfg.extra)]
+            console.print(f"[bold]{algo}[/] seed {seed}: training {steps} steps -> {run}")
+            t0 = time.perf_counter()
+            train(compose("train", overrides), run, overrides)
+            console.print(f"{algo} seed {seed}: {time.perf_counter() - t0:.0f} s")
+    rows = summarise(runs)
+    notes = (f"task {cfg.task.name}; data {cfg.data}; {steps} gradient steps at batch "
+             f"{16 if quick else cfg.batch_size}; chunk {horizon} steps executed whole"
+             f"{f' (dqc: critic chunk {cfg.dqc_horizon})' if 'dqc' in cfg.algos else ''}; success over "
+             f"{episodes} episodes at the last step, mean +- std over seeds {list(cfg.seeds)}; "
+             f"s_per_1k_steps = sampling + update time, evaluation excluded; device {cfg.device}")
+    name = f"offline_{cfg.task.name}"
+    write_report(name, rows, cfg.out_dir, notes=notes)
+    plot_offline(runs, Path(cfg.out_dir) / f"{name}.png", cfg.task.name)
+    return rows
+
+
+def _without_critic(algo: str, extra: list[str]) -> list[str]:
+    """``extra`` overrides, minus critic settings for BC (which has no critic)."""
+    return [o for o in extra if not (algo == "bc" and o.lstrip("+").startswith("algo.") and "critic" in o)]
+
+
+def _trained_to(run: Path, steps: int) -> bool:
+    try:
+        return load_checkpoint(run).step >= steps and (run / "metrics.jsonl").exists()
+    except CheckpointError:
+        return False
+
+
+def success_curve(run: Path) -> tuple[list[int], list[float]]:
+    """Evaluation steps and success rates of one run."""
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "eval/success_rate" in r]
+    return [r["step"] for r in records], [r["eval/success_rate"] for r in records]
+
+
+def summarise(runs: dict[str, list[Path]]) -> list[dict[str, Any]]:
+    """One row per algorithm: final success over seeds, its gap to BC, and training seconds per 1k steps."""
+    rows = []
+    finals = {algo: [success_curve(run)[1][-1] for run in paths] for algo, paths in runs.items()}
+    for algo, paths in runs.items():
+        step_ms = [r["train/step_ms"] for run in paths for r in read_metrics(run / "metrics.jsonl")
+                   if "train/step_ms" in r]
+        final = np.array(finals[algo])
+        row = {"algo": algo, "seeds": len(paths), "success_mean": float(final.mean()),
+               "success_std": float(final.std()), "per_seed": json.dumps([round(float(f), 3) for f in final]),
+               "s_per_1k_steps": float(np.median(step_ms)) if step_ms else float("nan")}
+        if "bc" in finals and algo != "bc":
+            row["vs_bc_points"] = 100 * (float(final.mean()) - float(np.mean(finals["bc"])))
+        rows.append(row)
+    return rows
+
+
+def plot_offline(runs: dict[str, list[Path]], out: Path, task: str) -> Path:
+    """Success rate against gradient steps, mean +- std over seeds, one line per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for algo, paths in runs.items():
+        curves = [success_curve(run) for run in paths]
+        length = min(len(c[0]) for c in curves)
+        steps = np.array(curves[0][0][:length])
+        success = 100 * np.array([c[1][:length] for c in curves])
+        mean, std = success.mean(0), success.std(0)
+        ax.plot(steps, mean, marker="o", label=f"{algo} ({len(paths)} seeds)")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"robopol bench offline: {task}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
