@@ -215,6 +215,8 @@ class TrainerConfig:
     """Steps between evaluations in simulation; 0 evaluates only at the end."""
     eval_episodes: int = 50
     """Episodes per evaluation."""
+    videos: bool = True
+    """Render one MP4 rollout after each evaluation (simulator tasks)."""
     num_threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
     progress: bool = True

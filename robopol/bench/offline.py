@@ -68,7 +68,7 @@ def bench_offline(cfg: DictConfig) -> list[dict[str, Any]]:
               f"policy.horizon={horizon}", f"policy.action_steps={horizon}", f"trainer.steps={steps}",
               f"trainer.eval_every={every}", f"trainer.eval_episodes={episodes}", f"trainer.ckpt_every={steps}",
               f"trainer.batch_size={16 if quick else cfg.batch_size}", "trainer.log_every=100",
-              f"trainer.progress={not quick}",
+              f"trainer.progress={not quick}", "trainer.videos=false",
               # evaluation envs in the training process: parallel runs would otherwise oversubscribe the CPU
               *(["task.backend=inprocess"] if "backend" in cfg.task else []),
               *(["policy.hidden_dims=[32,32]"] if quick else [])]

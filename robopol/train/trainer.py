@@ -178,7 +178,8 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             actor = ChunkActor(algo.eval_policy(), normalizer, obs_keys, ACTION_KEY, device)
             final_eval = evaluate(env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed)
             logger.log(step, final_eval.as_dict(), prefix="eval")
-            record_video(env, actor, run.videos / f"step_{step:08d}.mp4", seed=10_000 + cfg.seed)
+            if tcfg.videos:
+                record_video(env, actor, run.videos / f"step_{step:08d}.mp4", seed=10_000 + cfg.seed)
             if final_eval.success_rate > best_success:
                 best_success = final_eval.success_rate
                 checkpoint(step)
