@@ -127,6 +127,8 @@ class QCConfig(OfflineRLConfig):
     """best_of_n (QC: pick the best of N flow-policy chunks by Q) or distill (QC-FQL: a one-step actor)."""
     best_of_n: int = 32
     """Chunks drawn per decision by best-of-N extraction."""
+    backup: str = "best_of_n"
+    """best_of_n: the TD target's next chunk is the best of best_of_n policy chunks (QC); sample: one policy chunk (cheaper)."""
     alpha: float = 100.0
     """distill: weight of the one-step actor's distillation term (QC's README: 100)."""
     normalize_q_loss: bool = False
@@ -164,7 +166,7 @@ class OFQLConfig(OfflineRLConfig):
 
     name: str = "ofql"
     _target_: str = "robopol.algos.ofql.OFQL"
-    eta: float = 0.1
+    eta: float = 1.0
     """Weight of the actor's Q term relative to the flow BC loss (alpha = eta / mean|Q|)."""
     ema_decay: float = 0.995
     """EMA of the policy: the target actor of the TD target and the evaluated policy."""

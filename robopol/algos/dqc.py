@@ -120,6 +120,8 @@ class DQC(OfflineRL):
                          critic_horizon=chunk_horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
         check_choice("algo.q_agg", q_agg, ("min", "mean"))
+        if best_of_n < 1:
+            raise ValueError(f"algo.best_of_n must be at least 1, got {best_of_n}")
         for key, kappa in (("kappa_d", kappa_d), ("kappa_b", kappa_b)):
             if not 0.0 < kappa < 1.0:
                 raise ValueError(f"algo.{key} must be in (0, 1), got {kappa}")

@@ -63,10 +63,12 @@ class OneStepActor(nn.Module):
     one network call per chunk, differentiable, so a critic's gradient reaches it directly."""
 
     def __init__(self, obs_dim: int, obs_steps: int, action_dim: int, horizon: int, action_steps: int,
-                 hidden_dims: tuple[int, ...] = (512, 512, 512, 512), layer_norm: bool = False) -> None:
+                 hidden_dims: tuple[int, ...] = (512, 512, 512, 512), layer_norm: bool = False,
+                 discrete_dims: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.obs_dim, self.obs_steps, self.action_dim = obs_dim, obs_steps, action_dim
         self.horizon, self.action_steps = horizon, action_steps
+        self.discrete_dims = list(discrete_dims)  # binarised at execution by the runtime, like the BC head's
         self.net = MLP(obs_steps * obs_dim + horizon * action_dim, horizon * action_dim, hidden_dims, layer_norm)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -93,6 +95,7 @@ class BestOfN(nn.Module):
         self.policy, self.critic, self.n, self.aggregation = policy, critic, n, aggregation
         self.obs_steps, self.horizon, self.action_steps = policy.obs_steps, policy.horizon, policy.action_steps
         self.action_dim = policy.action_dim
+        self.discrete_dims = list(getattr(policy, "discrete_dims", ()))
 
     @property
     def net(self) -> nn.Module:
@@ -225,6 +228,10 @@ class OfflineRL:
 def build_critic(policy: nn.Module, horizon: int, num_critics: int, hidden_dims: Any, layer_norm: bool,
                  logits: bool = False) -> CriticEnsemble:
     """A critic ensemble over the policy's observations and ``horizon``-step chunks of its actions
-    (``horizon=0``: a value net)."""
+    (``horizon=0``: a value net), on the policy's device."""
     return CriticEnsemble(policy.obs_dim, policy.obs_steps, policy.action_dim, horizon, num_critics,
-                          tuple(hidden_dims), layer_norm, logits)
+                          tuple(hidden_dims), layer_norm, logits).to(policy_device(policy))
+
+
+def policy_device(policy: nn.Module) -> torch.device:
+    return next(policy.parameters()).device

@@ -10,7 +10,10 @@ which then bootstraps nothing); windows that run into a time limit are dropped f
 as QC does. Two ways to act (``algo.extraction``):
 
 - ``best_of_n`` (QC): a flow BC policy over chunks (its loss masked by ``valid``) proposes ``best_of_n``
-  chunks, the critic picks the best; next-chunk targets are plain policy samples, as in QC's code.
+  chunks, the critic picks the best. The target's a' is chosen the same way (``backup=best_of_n``, QC's
+  code: the online critic scores ``best_of_n`` samples at ``s_{t+h}``) or is one plain policy sample
+  (``backup=sample``: an expected-SARSA backup of the behaviour policy, ``best_of_n`` times cheaper; the
+  setting of robopol's measured benchmark, see docs/offline-rl.md).
 - ``distill`` (QC-FQL): FQL's one-step actor ``mu(s, z)`` regresses the BC flow's ODE output from the same
   noise (weight ``alpha``) while maximising the mean Q of its clipped chunk; it also provides the target's a'.
 
@@ -26,12 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from robopol.algos.offline import BestOfN, OfflineRL, OneStepActor, build_critic, clip_action
+from robopol.algos.offline import BestOfN, OfflineRL, OneStepActor, build_critic, clip_action, policy_device
 from robopol.critics import aggregate, chunk_td_target, polyak_update, q_loss_scale, td_loss
 from robopol.critics.nets import CriticEnsemble
 from robopol.policies.base import check_choice
 
 EXTRACTIONS = ("best_of_n", "distill")
+BACKUPS = ("best_of_n", "sample")
 
 
 def critic_loss(critic: CriticEnsemble, target_critic: CriticEnsemble, batch: dict[str, torch.Tensor],
@@ -68,7 +72,7 @@ class QC(OfflineRL):
     def __init__(self, policy: nn.Module, total_steps: int, *, name: str = "qc", lr: float = 3e-4,
                  gamma: float = 0.99, tau: float = 0.005, reward: str = "store", num_critics: int = 2,
                  critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512), layer_norm: bool = True,
-                 q_agg: str = "mean", extraction: str = "best_of_n", best_of_n: int = 32,
+                 q_agg: str = "mean", extraction: str = "best_of_n", best_of_n: int = 32, backup: str = "best_of_n",
                  alpha: float = 100.0, normalize_q_loss: bool = False,
                  actor_hidden_dims: tuple[int, ...] = (512, 512, 512, 512), ema_decay: float = 0.0,
                  grad_clip: float = 0.0, drop_truncated: bool = True) -> None:
@@ -76,29 +80,34 @@ class QC(OfflineRL):
                          critic_horizon=policy.horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
         check_choice("algo.extraction", extraction, EXTRACTIONS)
+        check_choice("algo.backup", backup, BACKUPS)
+        if best_of_n < 1:
+            raise ValueError(f"algo.best_of_n must be at least 1, got {best_of_n}")
         check_choice("algo.q_agg", q_agg, ("min", "mean"))
         if policy.action_steps != policy.horizon:
             raise ValueError(f"QC executes whole chunks open loop: set policy.action_steps=policy.horizon "
                              f"(got action_steps={policy.action_steps}, horizon={policy.horizon})")
         if not hasattr(policy, "integrate"):
             raise ValueError("QC needs a generative (flow or diffusion) policy to propose chunks")
-        self.extraction, self.best_of_n, self.q_agg = extraction, best_of_n, q_agg
+        self.extraction, self.best_of_n, self.q_agg, self.backup = extraction, best_of_n, q_agg, backup
         self.alpha, self.normalize_q_loss = alpha, normalize_q_loss
         self.critic = build_critic(policy, policy.horizon, num_critics, critic_hidden_dims, layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.nets = {"critic": self.critic, "critic_target": self.critic_target}
         self.optimizers = {"critic": self.adam(self.critic), "policy": self.adam(policy)}
         if extraction == "distill":
-            self.actor = OneStepActor(policy.obs_dim, policy.obs_steps, policy.action_dim, policy.horizon,
-                                      policy.action_steps, tuple(actor_hidden_dims))
+            self.actor = one_step_actor(policy, actor_hidden_dims).to(policy_device(policy))
             self.nets["actor"] = self.actor
             self.optimizers["actor"] = self.adam(self.actor)
 
     @torch.no_grad()
     def next_chunks(self, next_obs: torch.Tensor) -> torch.Tensor:
-        """a' ~ pi(s_{t+h}): the one-step actor's chunk (distill) or a BC policy sample, clipped."""
+        """a' at s_{t+h}: the one-step actor's chunk (distill), the best of ``best_of_n`` policy chunks by the
+        online critic (backup=best_of_n) or one policy sample (backup=sample); clipped."""
         if self.extraction == "distill":
             return self.actor.sample(next_obs)
+        if self.backup == "best_of_n":
+            return BestOfN(self.policy, self.critic, self.best_of_n, self.q_agg).sample(next_obs)
         return clip_action(self.policy.sample(next_obs))
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -128,11 +137,16 @@ class QC(OfflineRL):
         cfg = ckpt.config.algo
         policy = super().load_eval_policy(ckpt, policy)
         if cfg.extraction == "distill":
-            actor = OneStepActor(policy.obs_dim, policy.obs_steps, policy.action_dim, policy.horizon,
-                                 policy.action_steps, tuple(cfg.actor_hidden_dims))
+            actor = one_step_actor(policy, cfg.actor_hidden_dims)
             ckpt.load_modules({"actor": actor})
             return actor
         critic = build_critic(policy, policy.horizon, cfg.num_critics, cfg.critic_hidden_dims, cfg.layer_norm)
         ckpt.load_modules({"critic": critic})
         return BestOfN(policy, critic, cfg.best_of_n, cfg.q_agg)
 
+
+
+def one_step_actor(policy: nn.Module, hidden_dims: Any) -> OneStepActor:
+    """QC-FQL's one-step actor over the policy's observations, chunk and discrete action dims."""
+    return OneStepActor(policy.obs_dim, policy.obs_steps, policy.action_dim, policy.horizon, policy.action_steps,
+                        tuple(hidden_dims), discrete_dims=tuple(getattr(policy, "discrete_dims", ())))

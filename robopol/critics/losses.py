@@ -68,7 +68,9 @@ def masked_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tens
     if weight is None:
         return values.mean()
     weight = torch.broadcast_to(weight.to(values.dtype), values.shape)
-    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+    total = weight.sum()
+    return torch.where(total > 0, (values * weight).sum() / total.clamp_min(torch.finfo(total.dtype).tiny),
+                       total.new_zeros(()))
 
 
 def td_loss(q: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

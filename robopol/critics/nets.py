@@ -82,8 +82,10 @@ class CriticEnsemble(nn.Module):
                              f"{tuple(obs.shape)}")
         parts = [obs.flatten(1)]
         if self.horizon:
-            if chunk is None or chunk.shape[1] < self.horizon or chunk.shape[2] != self.action_dim:
-                raise ValueError(f"critic over {self.horizon}-step chunks of {self.action_dim}-d actions got "
+            if (chunk is None or chunk.dim() != 3 or chunk.shape[0] != obs.shape[0] or chunk.shape[1] < self.horizon
+                    or chunk.shape[2] != self.action_dim):
+                raise ValueError(f"critic over {self.horizon}-step chunks of {self.action_dim}-d actions needs a "
+                                 f"chunk of shape ({obs.shape[0]}, >={self.horizon}, {self.action_dim}), got "
                                  f"{None if chunk is None else tuple(chunk.shape)}")
             parts.append(chunk[:, :self.horizon].flatten(1))
         return self.net(torch.cat(parts, dim=-1))

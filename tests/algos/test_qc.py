@@ -260,9 +260,6 @@ def test_eval_policy_is_best_of_n_over_the_critic_or_the_one_step_actor():
     torch.testing.assert_close(distill.next_chunks(torch.zeros(4, 1, 1)), torch.ones(4, 2, 1))
 
 
-@pytest.mark.xfail(strict=True, reason="BestOfN and OneStepActor do not expose the behaviour policy's "
-                   "discrete_dims, so ChunkActor (getattr(policy, 'discrete_dims', ())) never binarises a "
-                   "gripper dimension of a QC / DQC policy")
 @pytest.mark.parametrize("extraction", ["best_of_n", "distill"])
 def test_deployed_qc_policy_keeps_the_discrete_action_dims(extraction):
     from robopol.data.normalize import Normalizer
@@ -277,9 +274,6 @@ def test_deployed_qc_policy_keeps_the_discrete_action_dims(extraction):
     assert actor.discrete_dims == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="QC.next_chunks (extraction=best_of_n) bootstraps from a plain BC sample; "
-                   "QC's reference critic_loss takes next_actions from sample_actions, i.e. the best-of-N chunk "
-                   "the deployed policy would execute")
 def test_best_of_n_td_target_bootstraps_from_the_best_of_n_chunk():
     algo = qc(best_of_n=3, q_agg="mean")
     algo.policy = ListPolicy()
@@ -344,9 +338,6 @@ def test_config_errors_name_the_setting():
         qc(ema_decay=1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="QC (and DQC) accept best_of_n < 1 at construction; the error only "
-                   "comes from BestOfN when eval_policy() is first called, i.e. at the first evaluation, "
-                   "after training")
 def test_best_of_n_below_one_is_refused_when_the_algorithm_is_built():
     with pytest.raises(ValueError, match="algo.best_of_n must be at least 1"):
         qc(best_of_n=0)

@@ -82,9 +82,9 @@ def test_values_are_the_sigmoid_of_logits_for_a_logit_critic_and_raw_outputs_oth
     ((5, 3), (5, 3, 2), r"critic obs must have shape \(B, 2, 3\), got \(5, 3\)"),
     ((5, 1, 3), (5, 3, 2), r"critic obs must have shape \(B, 2, 3\), got \(5, 1, 3\)"),
     ((5, 2, 4), (5, 3, 2), r"critic obs must have shape \(B, 2, 3\), got \(5, 2, 4\)"),
-    ((5, 2, 3), None, r"critic over 3-step chunks of 2-d actions got None"),
-    ((5, 2, 3), (5, 2, 2), r"critic over 3-step chunks of 2-d actions got \(5, 2, 2\)"),
-    ((5, 2, 3), (5, 3, 1), r"critic over 3-step chunks of 2-d actions got \(5, 3, 1\)"),
+    ((5, 2, 3), None, r"critic over 3-step chunks of 2-d actions needs a chunk of shape \(5, >=3, 2\), got None"),
+    ((5, 2, 3), (5, 2, 2), r"shape \(5, >=3, 2\), got \(5, 2, 2\)"),
+    ((5, 2, 3), (5, 3, 1), r"shape \(5, >=3, 2\), got \(5, 3, 1\)"),
 ])
 def test_bad_obs_and_chunk_shapes_raise_a_value_error_naming_the_expected_shape(obs_shape, chunk_shape, message):
     q = critic()
@@ -93,9 +93,6 @@ def test_bad_obs_and_chunk_shapes_raise_a_value_error_naming_the_expected_shape(
         q(torch.zeros(obs_shape), chunk)
 
 
-@pytest.mark.xfail(strict=True, reason="CriticEnsemble.forward checks chunk.shape[2] without checking the "
-                   "chunk's rank or batch size: a flat (B, h*A) chunk raises IndexError, a chunk with another "
-                   "batch size a RuntimeError from torch.cat")
 @pytest.mark.parametrize("chunk_shape", [(5, 6), (4, 3, 2)], ids=["flat-chunk", "batch-mismatch"])
 def test_malformed_chunks_raise_a_value_error(chunk_shape):
     with pytest.raises(ValueError, match="critic over 3-step chunks"):
