@@ -173,6 +173,26 @@ class OFQLConfig(OfflineRLConfig):
 
 
 @dataclass
+class IQLConfig(OfflineRLConfig):
+    """Implicit Q-learning: expectile V, chunk Q backed up onto V, AWR into a flow/diffusion head (§1)."""
+
+    name: str = "iql"
+    _target_: str = "robopol.algos.iql.IQL"
+    critic_hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden widths of the critic and value MLPs (IQL: 256, 256)."""
+    layer_norm: bool = False
+    """LayerNorm in the critic and value MLPs (IQL: none)."""
+    expectile: float = 0.7
+    """Expectile tau of the value loss (IQL: 0.7 locomotion and kitchen, 0.9 antmaze)."""
+    beta: float = 3.0
+    """Inverse temperature of the AWR weights exp(beta * (Q - V)) (IQL: 3 locomotion, 10 antmaze, 0.5 kitchen)."""
+    max_weight: float = 100.0
+    """Clip of the AWR weights (IQL: 100)."""
+    actor_lr_decay: bool = True
+    """Cosine decay of the policy's learning rate from lr to 0 over trainer.steps (IQL)."""
+
+
+@dataclass
 class RobotConfig:
     """A robot profile: driver, rates and limits used by the control loop and the safety filter."""
 
@@ -417,7 +437,8 @@ def group_schemas() -> dict[str, dict[str, type]]:
     return {
         "task": TASK_SCHEMAS,
         "policy": POLICY_SCHEMAS,
-        "algo": {"bc": BCConfig, "distill": DistillConfig, "qc": QCConfig, "dqc": DQCConfig, "ofql": OFQLConfig},
+        "algo": {"bc": BCConfig, "distill": DistillConfig, "qc": QCConfig, "dqc": DQCConfig, "ofql": OFQLConfig,
+                 "iql": IQLConfig},
         "robot": {"robot": RobotConfig},
     }
 
