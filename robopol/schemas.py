@@ -193,6 +193,32 @@ class IQLConfig(OfflineRLConfig):
 
 
 @dataclass
+class ALOEConfig(OfflineRLConfig):
+    """ALOE: chunked TD evaluation of the current policy by a pessimistic ensemble, advantage-weighted flow matching (§6)."""
+
+    name: str = "aloe"
+    _target_: str = "robopol.algos.aloe.ALOE"
+    num_critics: int = 5
+    """Members of the chunk-critic ensemble (at least 2)."""
+    critic_hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden widths of every critic MLP (a lightweight ensemble)."""
+    pessimism: str = "min"
+    """Ensemble aggregation of the TD target and the advantages: min or mean_minus_std."""
+    pessimism_coef: float = 1.0
+    """mean_minus_std: c in mean - c * std over the members."""
+    policy_samples: int = 4
+    """K: policy chunks per state whose pessimistic Q is averaged into V^pi(s)."""
+    temperature: float = 1.0
+    """alpha in the advantage weights exp(A / alpha)."""
+    max_weight: float = 20.0
+    """w_max: clip of the advantage weights."""
+    interventions: bool = False
+    """Read the store's per-step 'intervention' flags (human takeovers in a mixed buffer)."""
+    intervention_weight: float = 1.0
+    """Weight floor of chunks holding a human-intervention step (0: weighted like any chunk)."""
+
+
+@dataclass
 class RobotConfig:
     """A robot profile: driver, rates and limits used by the control loop and the safety filter."""
 
@@ -438,7 +464,7 @@ def group_schemas() -> dict[str, dict[str, type]]:
         "task": TASK_SCHEMAS,
         "policy": POLICY_SCHEMAS,
         "algo": {"bc": BCConfig, "distill": DistillConfig, "qc": QCConfig, "dqc": DQCConfig, "ofql": OFQLConfig,
-                 "iql": IQLConfig},
+                 "iql": IQLConfig, "aloe": ALOEConfig},
         "robot": {"robot": RobotConfig},
     }
 
