@@ -51,8 +51,9 @@ def seed_everything(seed: int) -> None:
 
 
 def to_batch(windows: dict[str, np.ndarray], obs_keys: list[str], normalizer: Normalizer,
-             device: torch.device) -> dict[str, torch.Tensor]:
-    """Sampler windows (raw numpy) -> normalised torch batch: ``obs`` (B, To, D), ``action`` (B, H, A)."""
+             device: torch.device, step_keys: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Sampler windows (raw numpy) -> normalised torch batch: ``obs`` (B, To, D), ``action`` (B, H, A), the
+    chunk-critic fields when the windows have them, and per-step ``step_keys`` (B, H) as stored."""
     obs = {k: torch.as_tensor(windows[k], device=device) for k in obs_keys}
     batch = {
         "obs": obs_features(obs, obs_keys, normalizer).float(),
@@ -66,6 +67,8 @@ def to_batch(windows: dict[str, np.ndarray], obs_keys: list[str], normalizer: No
             batch[key] = torch.as_tensor(windows[key], device=device).float()
         for key in ("mask", "valid", "terminal", "truncated"):
             batch[key] = torch.as_tensor(windows[key], device=device)
+    for key in step_keys:
+        batch[key] = torch.as_tensor(windows[key], device=device)
     return batch
 
 
@@ -107,6 +110,12 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     options = algo.window_options() if hasattr(algo, "window_options") else {}
     if options.get("critic"):
         arrays.update(_load_rewards(store, data_location, algo))
+    step_keys = tuple(options.get("step_keys", ()))
+    missing = [k for k in step_keys if k not in store.keys()]
+    if missing:
+        raise ConfigError(f"algo={algo.name} reads the per-step {missing} flags, and store {data_location} has "
+                          f"none; record them (e.g. human takeovers as 'intervention') or turn the option off")
+    arrays.update(store.load(list(step_keys)) if step_keys else {})
 
     train_eps, val_eps = split_episodes(len(store), tcfg.val_fraction, seed=cfg.seed)
     window = WindowConfig(obs_keys=tuple(obs_keys), action_key=ACTION_KEY, obs_steps=policy.obs_steps,
@@ -161,7 +170,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     update_seconds, updates = 0.0, 0  # time spent sampling and updating since the last record
     for step in range(start + 1, last + 1):
         began = time.perf_counter()
-        batch = to_batch(sampler.sample(tcfg.batch_size), obs_keys, normalizer, device)
+        batch = to_batch(sampler.sample(tcfg.batch_size), obs_keys, normalizer, device, step_keys)
         metrics = algo.update(batch)
         update_seconds, updates = update_seconds + time.perf_counter() - began, updates + 1
         bar.update(1)
@@ -169,7 +178,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             metrics["step_ms"] = 1000 * update_seconds / updates
             update_seconds, updates = 0.0, 0
             if val_sampler is not None:
-                val_batch = to_batch(val_sampler.sample(tcfg.batch_size), obs_keys, normalizer, device)
+                val_batch = to_batch(val_sampler.sample(tcfg.batch_size), obs_keys, normalizer, device, step_keys)
                 logger.log(step, {"loss": algo.validation_loss(val_batch)}, prefix="val")
             logger.log(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")

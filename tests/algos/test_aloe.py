@@ -245,3 +245,28 @@ def test_aloe_trains_on_the_toy_task_and_its_checkpoint_evaluates(tmp_path, toy_
     assert records[-1]["train/q_mean"] < 0 and records[-1]["train/q_ensemble_std"] > 0
     _, ckpt = load_actor(str(result.run_dir))
     assert {"policy", "critic", "critic_target"} <= set(ckpt.module_names())
+
+
+def test_intervention_flags_reach_the_batch_through_the_trainer(tmp_path, toy_store, one_thread):
+    from robopol.data.store import EpisodeStore
+
+    source = EpisodeStore.open(toy_store)
+    data, ends = source.load(), source.episode_ends
+    flags = np.zeros(len(data["action"]), dtype=bool)
+    starts = np.concatenate([[0], ends[:-1]])
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        if i % 2 == 0:
+            flags[s + (e - s) // 2:e] = True  # a human takes over the second half of every other episode
+    mixed = EpisodeStore.create(str(tmp_path / "mixed.zarr"))
+    mixed.add_episodes({**data, "intervention": flags}, ends)
+    common = ["algo=aloe", "algo.interventions=true", "policy=flow_mlp", "policy.hidden_dims=[32,32]",
+              "policy.horizon=4", "policy.action_steps=4", "policy.inference_steps=2",
+              "algo.critic_hidden_dims=[32,32]", "algo.num_critics=2", "algo.policy_samples=1",
+              "trainer.steps=10", "trainer.batch_size=64", "trainer.log_every=5", "trainer.eval_episodes=0",
+              "trainer.progress=false"]
+    train(compose("train", [f"data={tmp_path / 'mixed.zarr'}", *common]), tmp_path / "run")
+    shares = [r["train/human_chunks"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")
+              if "train/human_chunks" in r]
+    assert shares and all(0.1 < s < 0.9 for s in shares)  # a mix of human and policy chunks was seen
+    with pytest.raises(ConfigError, match=r"reads the per-step \['intervention'\] flags, and store .* has none"):
+        train(compose("train", [f"data={toy_store}", *common]), tmp_path / "run2")
