@@ -7,8 +7,8 @@ seeds, and each seed's), its difference to flow BC (``bc``) trained on the same 
 and the training wall-clock per 1000 gradient steps (sampling + update, evaluation excluded); a plot shows
 success against gradient steps (mean +- std over seeds).
 
-Runs live in ``out_dir/offline/<task>/<algo>/seed<k>``; a run already trained to ``train_steps`` is reused,
-so several invocations with different ``algos`` / ``seeds`` can train side by side (on a GPU machine) and a
+Runs live in ``out_dir/offline/<task>/<algo>/seed<k>``; a run already trained to ``train_steps`` is reused
+and an interrupted one resumes from its latest checkpoint, so several invocations with different ``algos`` / ``seeds`` can train side by side (on a GPU machine) and a
 last one with every algorithm and seed only gathers the results.
 
 Every recipe shares the chunk: ``horizon`` steps planned and executed whole (QC's h = 5); DQC's critic looks
@@ -84,6 +84,8 @@ def bench_offline(cfg: DictConfig) -> list[dict[str, Any]]:
             overrides = [*RECIPES[algo], *common, f"seed={seed}", *small_critic,
                          *([f"algo.chunk_horizon={cfg.dqc_horizon}"] if algo == "dqc" else []),
                          *_extra_for(algo, cfg.extra)]
+            if _checkpoint_step(run) > 0:  # an interrupted run continues where it stopped
+                overrides.append(f"resume={run.resolve()}")
             console.print(f"[bold]{algo}[/] seed {seed}: training {steps} steps -> {run}")
             t0 = time.perf_counter()
             train(compose("train", overrides), run, overrides)
@@ -106,11 +108,16 @@ def _extra_for(algo: str, extra: list[str]) -> list[str]:
     return [o for o in extra if not (algo == "bc" and o.lstrip("+").startswith("algo."))]
 
 
-def _trained_to(run: Path, steps: int) -> bool:
+def _checkpoint_step(run: Path) -> int:
+    """Step of the run's latest checkpoint; 0 when it has none."""
     try:
-        return load_checkpoint(run).step >= steps and (run / "metrics.jsonl").exists()
+        return load_checkpoint(run).step
     except CheckpointError:
-        return False
+        return 0
+
+
+def _trained_to(run: Path, steps: int) -> bool:
+    return _checkpoint_step(run) >= steps and (run / "metrics.jsonl").exists()
 
 
 def success_curve(run: Path) -> tuple[list[int], list[float]]:
