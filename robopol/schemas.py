@@ -158,6 +158,16 @@ class DQCConfig(OfflineRLConfig):
     """Partial-critic ensemble aggregation in the backup and best-of-N scores: mean or min."""
     best_of_n: int = 32
     """Chunks drawn per decision by best-of-N extraction."""
+    relabel: bool = False
+    """Goal-conditioned training: relabel each window's goal with a state of the data and reward reaching it (DQC's CGCDataset)."""
+    goal_from: str = ""
+    """relabel: observation key goals are taken from; empty picks the one key shaped like the task's goal."""
+    p_current: float = 0.2
+    """relabel: probability that the goal is the anchor's own state."""
+    p_future: float = 0.5
+    """relabel: probability that the goal is a uniformly drawn later state of the same episode."""
+    p_random: float = 0.3
+    """relabel: probability that the goal is a random state of the data."""
 
 
 @dataclass

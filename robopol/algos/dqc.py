@@ -22,6 +22,15 @@ last step; robopol uses the intended ``h_a - 1`` (see docs/offline-rl.md).
 
 Acting: best-of-N over ``h_a``-step policy chunks scored by ``Q^P`` (closed loop at ``h_a`` granularity; set
 ``policy.action_steps = policy.horizon``).
+
+Goal-conditioned training (``relabel=true``, DQC's ``CGCDataset``): each window's goal is replaced by the
+anchor's own state, a uniformly drawn later state of its episode or a random state of the data (probabilities
+``p_current``, ``p_future``, ``p_random``), taken from the observation key shaped like the task's goal. The
+policy and every critic see the relabelled goal. The reward is reaching it (:func:`goal_rewards`): a goal
+``d`` steps ahead with ``0 <= d < n`` (the chunk's valid steps) gives ``R = gamma^d`` and no bootstrap;
+otherwise ``R = 0`` and the chunk bootstraps from ``V(s_{t+n}, g)``. A chunk that meets its episode's end
+without reaching the goal has no next state for that goal and counts as truncated. The stored rewards are
+not used.
 """
 
 from __future__ import annotations
@@ -107,6 +116,17 @@ def backup_loss(value: CriticEnsemble, partial_target: CriticEnsemble, batch: di
     return loss, {"value_loss": loss.item(), "v_mean": v.mean().item(), "advantage": (q - v).mean().item()}
 
 
+def goal_rewards(batch: dict[str, torch.Tensor], gamma: float) -> dict[str, torch.Tensor]:
+    """The batch with ``reward_sum``, ``mask`` and ``truncated`` for reaching the relabelled goal, which lies
+    ``goal_offset`` steps after the anchor (see the module docstring)."""
+    offset, n = batch["goal_offset"], batch["valid"].sum(dim=1)
+    reached = (offset >= 0) & (offset < n)
+    reward = torch.where(reached, gamma ** offset.clamp_min(0).to(batch["discount"].dtype),
+                         torch.zeros_like(batch["discount"]))
+    ended = (batch["terminal"] | batch["truncated"]) & ~reached
+    return {**batch, "reward_sum": reward, "mask": ~reached, "terminal": reached, "truncated": ended}
+
+
 class DQC(OfflineRL):
     """Decoupled Q-chunking (see the module docstring)."""
 
@@ -114,8 +134,9 @@ class DQC(OfflineRL):
                  gamma: float = 0.999, tau: float = 0.005, reward: str = "success", chunk_horizon: int = 25,
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (1024, 1024, 1024, 1024),
                  layer_norm: bool = True, logits: bool = True, kappa_d: float = 0.8, kappa_b: float = 0.9,
-                 q_agg: str = "mean", best_of_n: int = 32, ema_decay: float = 0.0, grad_clip: float = 0.0,
-                 drop_truncated: bool = True) -> None:
+                 q_agg: str = "mean", best_of_n: int = 32, relabel: bool = False, goal_from: str = "",
+                 p_current: float = 0.2, p_future: float = 0.5, p_random: float = 0.3, ema_decay: float = 0.0,
+                 grad_clip: float = 0.0, drop_truncated: bool = True) -> None:
         super().__init__(policy, total_steps, name=name, lr=lr, gamma=gamma, tau=tau, reward=reward,
                          critic_horizon=chunk_horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
@@ -130,6 +151,11 @@ class DQC(OfflineRL):
                              f"policy.horizon (got {policy.action_steps} and {policy.horizon})")
         if not hasattr(policy, "integrate"):
             raise ValueError("DQC needs a generative (flow or diffusion) policy to propose chunks")
+        goal_probs = (p_current, p_future, p_random)
+        if relabel and (min(goal_probs) < 0 or abs(sum(goal_probs) - 1.0) > 1e-6):
+            raise ValueError(f"algo.p_current, algo.p_future and algo.p_random must be >= 0 and sum to 1, got "
+                             f"{goal_probs}")
+        self.relabel, self.goal_from, self.goal_probs = relabel, goal_from, goal_probs
         self.logits, self.kappa_d, self.kappa_b = logits, kappa_d, kappa_b
         self.q_agg, self.best_of_n = q_agg, best_of_n
         self.chunk_critic = build_critic(policy, chunk_horizon, num_critics, critic_hidden_dims, layer_norm, logits)
@@ -141,7 +167,17 @@ class DQC(OfflineRL):
         self.optimizers = {"critics": self.adam(self.chunk_critic, self.partial, self.value),
                            "policy": self.adam(policy)}
 
+    def window_options(self) -> dict[str, Any]:
+        options = super().window_options()
+        if self.relabel:
+            p_current, p_future, p_random = self.goal_probs
+            options.update(relabel_goals=True, goal_from=self.goal_from, p_current=p_current, p_future=p_future,
+                           p_random=p_random)
+        return options
+
     def prepare_rewards(self, reward: np.ndarray, terminal: np.ndarray | None) -> np.ndarray:
+        if self.relabel:  # rewards come from reaching the relabelled goals
+            return np.zeros(len(reward), dtype=np.float32)
         reward = super().prepare_rewards(reward, terminal)
         if self.logits and (reward.min() < 0 or reward.max() > 1):
             raise ValueError(f"algo.logits=true needs rewards in [0, 1], the data's (algo.reward={self.reward}) "
@@ -151,6 +187,8 @@ class DQC(OfflineRL):
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.policy.train()
+        if self.relabel:
+            batch = goal_rewards(batch, self.gamma)
         prefix_valid = batch["valid"][:, self.policy.horizon - 1].float()
         chunk, metrics = chunk_critic_loss(self.chunk_critic, self.value, batch, self.critic_weight(batch))
         distill, distill_metrics = distill_loss(self.partial, self.chunk_critic, batch, self.kappa_d, prefix_valid)

@@ -34,6 +34,7 @@ from robopol.tasks import make_env
 from robopol.train.run import MetricsLogger, RunDir, plot_metrics
 
 ACTION_KEY = "action"
+RELABELLED_GOAL = "relabelled_goal"
 
 
 @dataclass
@@ -51,9 +52,19 @@ def seed_everything(seed: int) -> None:
 
 
 def to_batch(windows: dict[str, np.ndarray], obs_keys: list[str], normalizer: Normalizer,
-             device: torch.device, step_keys: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+             device: torch.device, step_keys: tuple[str, ...] = (),
+             goal_key: str | None = None) -> dict[str, torch.Tensor]:
     """Sampler windows (raw numpy) -> normalised torch batch: ``obs`` (B, To, D), ``action`` (B, H, A), the
-    chunk-critic fields when the windows have them, and per-step ``step_keys`` (B, H) as stored."""
+    chunk-critic fields when the windows have them, and per-step ``step_keys`` (B, H) as stored.
+
+    With relabelled goals in the windows, the ``goal_key`` observation (and the next observation's) is the
+    relabelled goal at every history step, and ``goal_offset`` (B,) counts the steps from the anchor to the
+    goal's step (negative: the goal lies elsewhere)."""
+    if goal_key is not None and "goal_index" in windows:
+        windows = dict(windows)
+        for key in (goal_key, f"next_obs.{goal_key}"):
+            if key in windows:
+                windows[key] = np.repeat(windows[RELABELLED_GOAL][:, None], windows[key].shape[1], axis=1)
     obs = {k: torch.as_tensor(windows[k], device=device) for k in obs_keys}
     batch = {
         "obs": obs_features(obs, obs_keys, normalizer).float(),
@@ -69,6 +80,8 @@ def to_batch(windows: dict[str, np.ndarray], obs_keys: list[str], normalizer: No
             batch[key] = torch.as_tensor(windows[key], device=device)
     for key in step_keys:
         batch[key] = torch.as_tensor(windows[key], device=device)
+    if "goal_index" in windows:
+        batch["goal_offset"] = torch.as_tensor(windows["goal_index"] - windows["index"], device=device)
     return batch
 
 
@@ -110,6 +123,10 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     options = algo.window_options() if hasattr(algo, "window_options") else {}
     if options.get("critic"):
         arrays.update(_load_rewards(store, data_location, algo))
+    relabel_goals, goal_from = options.pop("relabel_goals", False), options.pop("goal_from", "")
+    goal_key = env.spec.goal_key if relabel_goals else None
+    if relabel_goals:
+        options.update(goal_key=_goal_source(env.spec, goal_from, algo.name), goal_out_key=RELABELLED_GOAL)
     step_keys = tuple(options.get("step_keys", ()))
     missing = [k for k in step_keys if k not in store.keys()]
     if missing:
@@ -170,7 +187,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     update_seconds, updates = 0.0, 0  # time spent sampling and updating since the last record
     for step in range(start + 1, last + 1):
         began = time.perf_counter()
-        batch = to_batch(sampler.sample(tcfg.batch_size), obs_keys, normalizer, device, step_keys)
+        batch = to_batch(sampler.sample(tcfg.batch_size), obs_keys, normalizer, device, step_keys, goal_key)
         metrics = algo.update(batch)
         update_seconds, updates = update_seconds + time.perf_counter() - began, updates + 1
         bar.update(1)
@@ -178,7 +195,8 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             metrics["step_ms"] = 1000 * update_seconds / updates
             update_seconds, updates = 0.0, 0
             if val_sampler is not None:
-                val_batch = to_batch(val_sampler.sample(tcfg.batch_size), obs_keys, normalizer, device, step_keys)
+                val_batch = to_batch(val_sampler.sample(tcfg.batch_size), obs_keys, normalizer, device, step_keys,
+                                     goal_key)
                 logger.log(step, {"loss": algo.validation_loss(val_batch)}, prefix="val")
             logger.log(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
@@ -279,6 +297,24 @@ def _load_rewards(store: EpisodeStore, location: str, algo: Any) -> dict[str, np
     except ValueError as err:
         raise ConfigError(f"algo={algo.name} on {location}: {err}") from err
     return {"reward": reward, **({"terminal": terminal} if terminal is not None else {})}
+
+
+def _goal_source(spec: EnvSpec, goal_from: str, algo: str) -> str:
+    """The observation key relabelled goals are taken from: ``goal_from``, or the one key shaped like the goal."""
+    if spec.goal_key is None:
+        raise ConfigError(f"algo={algo} relabels goals, and task '{spec.task}' has no goal observation; use a "
+                          f"goal-conditioned task or turn algo.relabel off")
+    shape = spec.observation[spec.goal_key].shape
+    candidates = [k for k, v in spec.observation.items() if k != spec.goal_key and v.shape == shape]
+    if goal_from:
+        if goal_from not in candidates:
+            raise ConfigError(f"algo.goal_from={goal_from} must be an observation key of task '{spec.task}' shaped "
+                              f"like its goal {tuple(shape)}: one of {candidates}")
+        return goal_from
+    if len(candidates) != 1:
+        raise ConfigError(f"task '{spec.task}' has {len(candidates)} observation keys shaped like its goal "
+                          f"{tuple(shape)} ({candidates}); name the one goals come from with algo.goal_from=")
+    return candidates[0]
 
 
 def _check_data_matches_task(arrays: dict[str, np.ndarray], spec: EnvSpec, location: str) -> None:

@@ -391,3 +391,67 @@ def assert_resume_is_exact(tmp_path, toy_store, overrides: list[str]) -> None:
 def test_dqc_training_resumes_bit_exactly(tmp_path, toy_store):
     assert_resume_is_exact(tmp_path, toy_store, ["algo=dqc", "algo.chunk_horizon=6", "algo.best_of_n=4",
                                                   "policy=flow_mlp", "policy.horizon=2", "policy.action_steps=2"])
+
+
+# ------------------------------------------------------------------ goal-conditioned training (relabel=true)
+
+
+def test_goal_rewards_by_hand():
+    gamma = 0.9
+    batch = {
+        # goals: at the anchor, 2 steps ahead inside a 4-step chunk, at the bootstrap state (4 ahead), in
+        # the past, ahead inside a chunk cut short by the episode end, and beyond a time-limited end
+        "goal_offset": torch.tensor([0, 2, 4, -3, 1, 5]),
+        "valid": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0],
+                               [1, 1, 1, 0]], dtype=torch.bool),
+        "discount": torch.tensor([gamma**4] * 4 + [gamma**2, gamma**3]),
+        "terminal": torch.tensor([False, False, False, False, True, False]),
+        "truncated": torch.tensor([False, False, False, False, False, True]),
+        "reward_sum": torch.full((6,), -7.0),  # stored rewards are ignored
+        "mask": torch.ones(6, dtype=torch.bool),
+    }
+    out = dqc_module.goal_rewards(batch, gamma)
+    torch.testing.assert_close(out["reward_sum"], torch.tensor([1.0, 0.81, 0.0, 0.0, 0.9, 0.0]))
+    assert out["mask"].tolist() == [False, False, True, True, False, True]
+    # reaching the goal ends the chunk; an episode end before the goal leaves nothing to bootstrap from
+    assert out["truncated"].tolist() == [False, False, False, False, False, True]
+    assert out["terminal"].tolist() == [True, True, False, False, True, False]
+
+
+def test_relabelled_windows_put_the_goal_state_into_the_goal_observation(toy_store):
+    from robopol.data.normalize import Normalizer
+    from robopol.data.sampler import WindowConfig, WindowSampler
+    from robopol.train.trainer import RELABELLED_GOAL, to_batch
+
+    store = EpisodeStore.open(toy_store)
+    arrays = store.load(["goal", "pos", "action", "reward", "terminal"])
+    window = WindowConfig(obs_keys=("goal", "pos"), obs_steps=2, horizon=4, critic=True, goal_key="pos",
+                          goal_out_key=RELABELLED_GOAL, p_current=0.2, p_future=0.5, p_random=0.3)
+    windows = WindowSampler(arrays, store.episode_ends, window, seed=3).sample(64)
+    identity = Normalizer.fit({k: arrays[k] for k in ("goal", "pos", "action")},
+                              modes={k: "identity" for k in ("goal", "pos", "action")})
+    batch = to_batch(windows, ["goal", "pos"], identity, torch.device("cpu"), goal_key="goal")
+    goal_state = torch.as_tensor(arrays["pos"][windows["goal_index"]])
+    for step in range(2):  # every history step of obs and next_obs carries the relabelled goal
+        torch.testing.assert_close(batch["obs"][:, step, :2], goal_state)
+        torch.testing.assert_close(batch["next_obs"][:, step, :2], goal_state)
+    torch.testing.assert_close(batch["obs"][:, -1, 2:], torch.as_tensor(windows["pos"][:, -1]))
+    assert batch["goal_offset"].tolist() == (windows["goal_index"] - windows["index"]).tolist()
+    assert (batch["goal_offset"] == 0).any() and (batch["goal_offset"] > 0).any()
+
+
+def test_relabelling_needs_a_goal_task_and_valid_probabilities(tmp_path, toy_store):
+    from robopol.cli.app import compose
+    from robopol.train.trainer import train
+
+    with pytest.raises(ValueError, match=r"algo.p_current, algo.p_future and algo.p_random must be >= 0 and "
+                                         r"sum to 1"):
+        dqc(relabel=True, p_current=0.5, p_future=0.5, p_random=0.5)
+    common = [f"data={toy_store}", "algo=dqc", "algo.relabel=true", "algo.chunk_horizon=4", "policy=flow_mlp",
+              "policy.horizon=2", "policy.action_steps=2", "policy.hidden_dims=[16]", "trainer.steps=2",
+              "trainer.eval_episodes=0", "trainer.progress=false", "algo.critic_hidden_dims=[16]"]
+    with pytest.raises(ConfigError, match=r"algo.goal_from=action must be an observation key of task "
+                                          r"'point_reach' shaped like its goal \(2,\): one of \['pos'\]"):
+        train(compose("train", [*common, "algo.goal_from=action"]), tmp_path / "bad")
+    result = train(compose("train", common), tmp_path / "run")  # goals come from 'pos', the key shaped like them
+    assert result.steps == 2
