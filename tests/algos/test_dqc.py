@@ -455,3 +455,19 @@ def test_relabelling_needs_a_goal_task_and_valid_probabilities(tmp_path, toy_sto
         train(compose("train", [*common, "algo.goal_from=action"]), tmp_path / "bad")
     result = train(compose("train", common), tmp_path / "run")  # goals come from 'pos', the key shaped like them
     assert result.steps == 2
+
+
+def test_goal_source_errors_name_the_task_and_the_fix():
+    from robopol.envs import ArraySpec, EnvSpec
+    from robopol.train.trainer import _goal_source
+
+    box = ArraySpec((2,))
+    no_goal = EnvSpec(task="cube1", observation={"observation": box}, action=box, max_episode_steps=10)
+    with pytest.raises(ConfigError, match=r"algo=dqc relabels goals, and task 'cube1' has no goal observation"):
+        _goal_source(no_goal, "", "dqc")
+    ambiguous = EnvSpec(task="two", observation={"goal": box, "a": box, "b": box}, action=box,
+                        max_episode_steps=10, goal_key="goal")
+    with pytest.raises(ConfigError, match=r"task 'two' has 2 observation keys shaped like its goal \(2,\) "
+                                          r"\(\['a', 'b'\]\); name the one goals come from with algo.goal_from="):
+        _goal_source(ambiguous, "", "dqc")
+    assert _goal_source(ambiguous, "b", "dqc") == "b"
