@@ -58,6 +58,7 @@ def test_summary_reports_the_last_evaluation_of_every_seed_and_the_gap_to_bc(tmp
     assert qc["success_mean"] == pytest.approx(0.7) and json.loads(qc["per_seed"]) == [0.8, 0.6]
     assert qc["vs_bc_points"] == pytest.approx(40.0)
     assert bc["s_per_1k_steps"] == pytest.approx(6.0) and qc["s_per_1k_steps"] == pytest.approx(25.0)
+    assert qc["success@10"] == pytest.approx(0.35) and qc["success@20"] == pytest.approx(0.7)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -127,16 +127,20 @@ def success_curve(run: Path) -> tuple[list[int], list[float]]:
 
 
 def summarise(runs: dict[str, list[Path]]) -> list[dict[str, Any]]:
-    """One row per algorithm: final success over seeds, its gap to BC, and training seconds per 1k steps."""
+    """One row per algorithm: mean success at every evaluation step the seeds share, the final success over
+    seeds, its gap to BC, and training seconds per 1k steps."""
     rows = []
     finals = {algo: [success_curve(run)[1][-1] for run in paths] for algo, paths in runs.items()}
     for algo, paths in runs.items():
+        curves = [dict(zip(*success_curve(run), strict=True)) for run in paths]
+        shared = sorted(set.intersection(*(set(c) for c in curves)))
         step_ms = [r["train/step_ms"] for run in paths for r in read_metrics(run / "metrics.jsonl")
                    if "train/step_ms" in r]
         final = np.array(finals[algo])
         row = {"algo": algo, "seeds": len(paths), "success_mean": float(final.mean()),
                "success_std": float(final.std()), "per_seed": json.dumps([round(float(f), 3) for f in final]),
-               "s_per_1k_steps": float(np.median(step_ms)) if step_ms else float("nan")}
+               "s_per_1k_steps": float(np.median(step_ms)) if step_ms else float("nan"),
+               **{f"success@{step}": float(np.mean([c[step] for c in curves])) for step in shared}}
         if "bc" in finals and algo != "bc":
             row["vs_bc_points"] = 100 * (float(final.mean()) - float(np.mean(finals["bc"])))
         rows.append(row)
