@@ -434,6 +434,8 @@ class BenchCommand:
     """offline: torch device of training and evaluation."""
     extra: list[str] = field(default_factory=list)
     """offline: further train overrides for every run (e.g. paper-scale network widths)."""
+    jobs: int = 1
+    """offline: runs trained side by side in worker processes (one torch thread each); 1 trains them here, in turn."""
 
 
 @dataclass

@@ -17,7 +17,8 @@ def test_bench_offline_trains_each_algorithm_and_seed_against_bc(tmp_path, toy_s
     out = tmp_path / "bench"
     args = ("bench", "offline", "quick=true", "task=point_reach", f"data={toy_store}", "algos=[bc,qc]",
             "seeds=[0,1]", f"out_dir={out}")
-    proc = run_cli(*args, cwd=tmp_path, check=True)
+    proc = run_cli(*args, "jobs=2", cwd=tmp_path, check=True)  # the four runs train in two worker processes
+    assert proc.stdout.count("training in a worker process") == 4
     assert "robopol bench offline_point_reach" in proc.stdout
     report = json.loads((out / "offline_point_reach.json").read_text())
     rows = {r["algo"]: r for r in report["rows"]}
@@ -34,6 +35,8 @@ def test_bench_offline_trains_each_algorithm_and_seed_against_bc(tmp_path, toy_s
     # quick: 40 steps, evaluated at 20 and 40
     assert [r["step"] for r in read_metrics(runs / "qc" / "seed1" / "metrics.jsonl")
             if "eval/success_rate" in r] == [20, 40]
+
+    assert (runs / "qc" / "seed1.log").exists()
 
     # a second invocation reuses the finished runs: nothing is trained again
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/*/checkpoints/*/model.safetensors")}
@@ -65,6 +68,8 @@ def test_summary_reports_the_last_evaluation_of_every_seed_and_the_gap_to_bc(tmp
     (("task=point_reach",), "needs task=<name> and data=<episode store with rewards>"),
     (("data=x.zarr",), "needs task=<name> and data=<episode store with rewards>"),
     (("task=point_reach", "data=x.zarr", "algos=[bc,sac]"), r"unknown algos \['sac'\]; available: bc, qc"),
+    (("task=point_reach", "data=x.zarr", "extra=[algo.lr=1]"), r"cannot parse the overrides: .* quote list items "
+                                                                r"that contain '='"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, args, message):
     import re
@@ -73,3 +78,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, args, message):
     assert proc.returncode == 2
     assert re.search(message, proc.stderr), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_failing_worker_run_is_reported_with_its_log(tmp_path, toy_store):
+    proc = run_cli("bench", "offline", "quick=true", "task=point_reach", f"data={toy_store}", "algos=[qc]",
+                   "seeds=[0]", "jobs=2", 'extra=["algo.q_agg=max"]', f"out_dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "training failed for" in proc.stderr and "seed0.log" in proc.stderr
+    log = (tmp_path / "b" / "offline" / "point_reach" / "qc" / "seed0.log").read_text()
+    assert "algo.q_agg must be one of min, mean, got 'max'" in log

@@ -7,8 +7,10 @@ seeds, and each seed's), its difference to flow BC (``bc``) trained on the same 
 and the training wall-clock per 1000 gradient steps (sampling + update, evaluation excluded); a plot shows
 success against gradient steps (mean +- std over seeds).
 
-Runs live in ``out_dir/offline/<task>/<algo>/seed<k>``; a run already trained to ``train_steps`` is reused
-and an interrupted one resumes from its latest checkpoint, so several invocations with different ``algos`` / ``seeds`` can train side by side (on a GPU machine) and a
+``jobs=N`` trains up to N runs side by side in worker processes with one torch thread each (a GPU machine
+fits a dozen: ``device=cuda jobs=12``). Runs live in ``out_dir/offline/<task>/<algo>/seed<k>``; a run
+already trained to ``train_steps`` is reused and an interrupted one resumes from its latest checkpoint, so
+several invocations with different ``algos`` / ``seeds`` can train side by side (on a GPU machine) and a
 last one with every algorithm and seed only gathers the results.
 
 Every recipe shares the chunk: ``horizon`` steps planned and executed whole (QC's h = 5); DQC's critic looks
@@ -19,6 +21,9 @@ Every recipe shares the chunk: ``horizon`` steps planned and executed whole (QC'
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +79,7 @@ def bench_offline(cfg: DictConfig) -> list[dict[str, Any]]:
               *(["task.backend=inprocess"] if "backend" in cfg.task else []),
               *(["policy.hidden_dims=[32,32]"] if quick else [])]
     runs: dict[str, list[Path]] = {}
+    pending: list[tuple[Path, list[str]]] = []
     for algo in cfg.algos:
         for seed in cfg.seeds:
             run = root / algo / f"seed{seed}"
@@ -86,10 +92,14 @@ def bench_offline(cfg: DictConfig) -> list[dict[str, Any]]:
                          *_extra_for(algo, cfg.extra)]
             if _checkpoint_step(run) > 0:  # an interrupted run continues where it stopped
                 overrides.append(f"resume={run.resolve()}")
-            console.print(f"[bold]{algo}[/] seed {seed}: training {steps} steps -> {run}")
-            t0 = time.perf_counter()
-            train(compose("train", overrides), run, overrides)
-            console.print(f"{algo} seed {seed}: {time.perf_counter() - t0:.0f} s")
+            pending.append((run, overrides))
+    if cfg.jobs > 1:
+        _train_side_by_side(pending, cfg.jobs)
+    for run, overrides in pending if cfg.jobs <= 1 else []:
+        console.print(f"[bold]{run.parent.name}[/] {run.name}: training {steps} steps -> {run}")
+        t0 = time.perf_counter()
+        train(compose("train", overrides), run, overrides)
+        console.print(f"{run.parent.name} {run.name}: {time.perf_counter() - t0:.0f} s")
     rows = summarise(runs)
     notes = (f"task {cfg.task.name}; data {cfg.data}; {steps} gradient steps at batch "
              f"{16 if quick else cfg.batch_size}; chunk {horizon} steps executed whole"
@@ -100,6 +110,31 @@ def bench_offline(cfg: DictConfig) -> list[dict[str, Any]]:
     write_report(name, rows, cfg.out_dir, notes=notes)
     plot_offline(runs, Path(cfg.out_dir) / f"{name}.png", cfg.task.name)
     return rows
+
+
+def _train_side_by_side(pending: list[tuple[Path, list[str]]], jobs: int) -> None:
+    """Train the runs in up to ``jobs`` processes at once, one torch thread each (``OMP_NUM_THREADS`` unless
+    set), each logging to ``<run>.log`` beside its run directory."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    queue, running, failed = list(pending), [], []
+    while queue or running:
+        while queue and len(running) < jobs:
+            run, overrides = queue.pop(0)
+            run.mkdir(parents=True, exist_ok=True)
+            log = run.parent / f"{run.name}.log"
+            command = [sys.executable, "-m", "robopol.bench.offline", str(run), *overrides]
+            console.print(f"[bold]{run.parent.name}[/] {run.name}: training in a worker process, log {log}")
+            with open(log, "w") as out:
+                running.append((run, log, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)))
+        time.sleep(1.0)
+        for item in [r for r in running if r[2].poll() is not None]:
+            running.remove(item)
+            run, log, proc = item
+            console.print(f"{run.parent.name} {run.name}: {'done' if proc.returncode == 0 else 'FAILED'}")
+            if proc.returncode:
+                failed.append(f"{run} (exit {proc.returncode}; see {log})")
+    if failed:
+        raise ConfigError("bench offline: training failed for " + "; ".join(failed))
 
 
 def _extra_for(algo: str, extra: list[str]) -> list[str]:
@@ -174,3 +209,10 @@ def plot_offline(runs: dict[str, list[Path]], out: Path, task: str) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+if __name__ == "__main__":  # one run of a side-by-side bench: python -m robopol.bench.offline RUN OVERRIDES...
+    from robopol.cli.app import compose
+    from robopol.train.trainer import train
+
+    train(compose("train", sys.argv[2:]), Path(sys.argv[1]), sys.argv[2:])

@@ -75,7 +75,12 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"cannot parse the overrides: {first} (quote list items that contain '=', e.g. "
+                          f"'extra=[\"algo.lr=1e-4\"]', and check brackets and quotes)") from err
     batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     return [list(combo) for batch in batches for combo in batch] or [[]]
 
