@@ -68,7 +68,7 @@ def test_summary_reports_the_last_evaluation_of_every_seed_and_the_gap_to_bc(tmp
     (("task=point_reach",), "needs task=<name> and data=<episode store with rewards>"),
     (("data=x.zarr",), "needs task=<name> and data=<episode store with rewards>"),
     (("task=point_reach", "data=x.zarr", "algos=[bc,sac]"), r"unknown algos \['sac'\]; available: bc, qc"),
-    (("task=point_reach", "data=x.zarr", "extra=[algo.lr=1]"), r"cannot parse the overrides: .* quote list items "
+    (("task=point_reach", "data=x.zarr", "extra=[algo.lr=1]"), r"cannot parse the overrides: .*\(quote list items "
                                                                 r"that contain '='"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, args, message):
