@@ -119,9 +119,11 @@ class QC(OfflineRL):
         self.step("policy", bc_loss)
         metrics.update(bc_metrics)
         if self.extraction == "distill":
+            self.critic.requires_grad_(False)  # the actor's Q term trains the actor only
             actor_loss, actor_metrics = distill_actor_loss(self.actor, self.policy, self.critic, batch["obs"],
                                                            self.alpha, self.normalize_q_loss)
             self.step("actor", actor_loss)
+            self.critic.requires_grad_(True)
             metrics.update(actor_metrics)
         polyak_update(self.critic_target, self.critic, self.tau)
         self.after_update()
@@ -143,7 +145,6 @@ class QC(OfflineRL):
         critic = build_critic(policy, policy.horizon, cfg.num_critics, cfg.critic_hidden_dims, cfg.layer_norm)
         ckpt.load_modules({"critic": critic})
         return BestOfN(policy, critic, cfg.best_of_n, cfg.q_agg)
-
 
 
 def one_step_actor(policy: nn.Module, hidden_dims: Any) -> OneStepActor:
