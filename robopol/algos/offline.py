@@ -131,8 +131,8 @@ class OfflineRL:
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"algo.ema_decay must be in [0, 1), got {ema_decay}")
         if critic_horizon < policy.horizon:
-            raise ValueError(f"the critic's chunk ({critic_horizon} steps) is shorter than the policy's "
-                             f"(policy.horizon={policy.horizon})")
+            raise ValueError(f"the critic's chunk (algo.chunk_horizon={critic_horizon}) must be at least the "
+                             f"policy's (policy.horizon={policy.horizon})")
         check_choice("algo.reward", reward, REWARD_MODES)
         self.name, self.policy, self.total_steps = name, policy, total_steps
         self.lr, self.gamma, self.tau, self.reward = lr, gamma, tau, reward

@@ -317,8 +317,8 @@ def test_config_errors_name_the_setting():
         dqc(q_agg="max")
     with pytest.raises(ValueError, match=r"set policy.action_steps=policy.horizon \(got 1 and 2\)"):
         dqc(flow_policy(horizon=2, action_steps=1))
-    with pytest.raises(ValueError, match=r"the critic's chunk \(1 steps\) is shorter than the policy's "
-                                         r"\(policy.horizon=2\)"):
+    with pytest.raises(ValueError, match=r"the critic's chunk \(algo.chunk_horizon=1\) must be at least the "
+                                         r"policy's \(policy.horizon=2\)"):
         dqc(chunk_horizon=1)
     with pytest.raises(ValueError, match=r"DQC needs a generative \(flow or diffusion\) policy"):
         dqc(MLPPolicy(1, 1, obs_steps=1, horizon=2, action_steps=2, hidden_dims=(8,)))
