@@ -176,7 +176,7 @@ class OFQLConfig(OfflineRLConfig):
 
     name: str = "ofql"
     _target_: str = "robopol.algos.ofql.OFQL"
-    eta: float = 1.0
+    eta: float = 0.1
     """Weight of the actor's Q term relative to the flow BC loss (alpha = eta / mean|Q|)."""
     ema_decay: float = 0.995
     """EMA of the policy: the target actor of the TD target and the evaluated policy."""

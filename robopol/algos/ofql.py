@@ -72,7 +72,7 @@ class OFQL(OfflineRL):
     """One-step flow Q-learning (see the module docstring)."""
 
     def __init__(self, policy: nn.Module, total_steps: int, *, name: str = "ofql", lr: float = 3e-4,
-                 gamma: float = 0.99, tau: float = 0.005, reward: str = "store", eta: float = 1.0,
+                 gamma: float = 0.99, tau: float = 0.005, reward: str = "store", eta: float = 0.1,
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512),
                  layer_norm: bool = True, ema_decay: float = 0.995, grad_clip: float = 0.0,
                  drop_truncated: bool = True) -> None:
