@@ -28,15 +28,6 @@ from robopol.train.run import read_metrics
 from robopol.train.trainer import build, to_batch, train
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks gain nothing from a second torch thread, and on a shared 2-core box it costs a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Linear(nn.Module):
     """Stand-in critic: ``Q_m(s, a) = base[m][id] + slope[m] * a``, ``id = obs[:, 0, 0]``, ``a`` the chunk's
     first action."""
@@ -205,7 +196,7 @@ def test_policies_it_cannot_train_are_refused_and_config_errors_name_the_algo():
     assert ALOE(flow(), total_steps=10, interventions=True).window_options()["step_keys"] == ("intervention",)
 
 
-def test_weighted_flow_matching_moves_a_bimodal_policy_to_the_rewarded_mode(one_thread):
+def test_weighted_flow_matching_moves_a_bimodal_policy_to_the_rewarded_mode():
     """One-step bandit (every step terminal): Q^pi(a) is the reward, 1 near +0.6 and 0 near -0.6, so
     V^pi is the policy's success rate and the weights exp(A / 0.2) pull the policy to the rewarded mode; the
     unrewarded mode is flagged human on half its windows and keeps a weight of at least 1 there."""
@@ -233,7 +224,7 @@ def test_weighted_flow_matching_moves_a_bimodal_policy_to_the_rewarded_mode(one_
     assert (samples > 0).float().mean().item() > 0.8 and samples.mean().item() > 0.4  # the data's mean is 0
 
 
-def test_aloe_trains_on_the_toy_task_and_its_checkpoint_evaluates(tmp_path, toy_store, one_thread):
+def test_aloe_trains_on_the_toy_task_and_its_checkpoint_evaluates(tmp_path, toy_store):
     cfg = compose("train", [f"data={toy_store}", "algo=aloe", "policy=flow_mlp", "policy.hidden_dims=[32,32]",
                             "policy.horizon=4", "policy.action_steps=4", "policy.inference_steps=2",
                             "algo.critic_hidden_dims=[32,32]", "algo.num_critics=3", "algo.policy_samples=2",
@@ -247,7 +238,7 @@ def test_aloe_trains_on_the_toy_task_and_its_checkpoint_evaluates(tmp_path, toy_
     assert {"policy", "critic", "critic_target"} <= set(ckpt.module_names())
 
 
-def test_intervention_flags_reach_the_batch_through_the_trainer(tmp_path, toy_store, one_thread):
+def test_intervention_flags_reach_the_batch_through_the_trainer(tmp_path, toy_store):
     from robopol.data.store import EpisodeStore
 
     source = EpisodeStore.open(toy_store)

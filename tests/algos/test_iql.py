@@ -17,15 +17,6 @@ from robopol.train.run import read_metrics
 from robopol.train.trainer import build, train
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks gain nothing from a second torch thread, and on a shared 2-core box it costs a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Table(nn.Module):
     """Stand-in critic / value net: member ``m``'s output for a state is ``table[m][id]``, with the id stored in
     ``obs[:, 0, 0]``; one scale parameter so gradients can be checked."""
@@ -156,7 +147,7 @@ def test_a_regression_policy_is_refused_and_config_errors_name_the_algo():
         build(cfg.algo, "algo", policy=flow(), total_steps=10)
 
 
-def test_awr_moves_a_bimodal_bc_policy_to_the_rewarded_mode(one_thread):
+def test_awr_moves_a_bimodal_bc_policy_to_the_rewarded_mode():
     """A one-step bandit: actions near -0.6 earn 0, near +0.6 earn 1, and every step is terminal, so Q(a) is
     the reward. Plain BC splits its samples 50/50; IQL's weights exp(3 (Q - V)) favour the rewarded mode."""
     torch.manual_seed(0)
@@ -179,7 +170,7 @@ def test_awr_moves_a_bimodal_bc_policy_to_the_rewarded_mode(one_thread):
     assert (samples > 0).float().mean().item() > 0.8 and samples.mean().item() > 0.4  # the data's mean is 0
 
 
-def test_iql_trains_on_the_toy_task_and_its_checkpoint_evaluates(tmp_path, toy_store, one_thread):
+def test_iql_trains_on_the_toy_task_and_its_checkpoint_evaluates(tmp_path, toy_store):
     cfg = compose("train", [f"data={toy_store}", "algo=iql", "policy=flow_mlp", "policy.hidden_dims=[32,32]",
                             "policy.horizon=4", "policy.action_steps=4", "algo.critic_hidden_dims=[32,32]",
                             "trainer.steps=200", "trainer.batch_size=64", "trainer.log_every=20",

@@ -12,15 +12,6 @@ from torch import nn
 from robopol.algos.ope import DynamicsEnsemble, OPEGate, amq_estimate, critic_estimate, fit, model_rollout
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny networks gain nothing from a second torch thread, and on a shared 2-core box it costs a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Gain(nn.Module):
     """Stand-in deterministic policy ``a = k * s`` (last observation step), repeated over its chunk."""
 
@@ -122,7 +113,7 @@ def test_amq_executes_chunks_open_loop_and_shifts_the_observation_history():
     assert reward == pytest.approx(-(0.16 + 0.04 + 0.0) / 3)
 
 
-def test_a_learned_dynamics_ensemble_ranks_policies_like_the_true_system(one_thread):
+def test_a_learned_dynamics_ensemble_ranks_policies_like_the_true_system():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     obs = 4 * torch.rand(2000, 1, generator=g) - 2

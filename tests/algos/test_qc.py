@@ -16,14 +16,6 @@ from robopol.policies.mlp import MLPPolicy
 from robopol.runtime import ChunkActor
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class FixedCritic(nn.Module):
     """Stand-in critic: ``forward(obs, chunk) = scale * fn(obs, chunk)`` (E, B), with one trainable scale (1)
     so gradients can be traced; records every chunk it is shown."""
@@ -410,26 +402,6 @@ def test_train_qc_on_point_reach_then_load_and_evaluate_the_deployed_policy(tmp_
     assert actor.plans > 0 and actor.nfe > 0
 
 
-def assert_resume_is_exact(tmp_path, toy_store, overrides: list[str]) -> None:
-    """10 steps + resume + 10 steps gives the weights of 20 uninterrupted steps, targets and EMA included."""
-    from safetensors.torch import load_file
-
-    from robopol.cli.app import compose
-    from robopol.train.trainer import train
-
-    base = [*overrides, f"data={toy_store}", "policy.hidden_dims=[32,32]", "algo.critic_hidden_dims=[32,32]",
-            "trainer.steps=20", "trainer.batch_size=16", "trainer.ckpt_every=10", "trainer.log_every=5",
-            "trainer.eval_episodes=0", "trainer.progress=false", "trainer.num_threads=1"]
-    train(compose("train", base), tmp_path / "straight")
-    train(compose("train", [*base, "trainer.stop_after=10"]), tmp_path / "split")
-    train(compose("train", [*base, f"resume={tmp_path / 'split'}"]), tmp_path / "split")
-    final = "checkpoints/step_00000020/model.safetensors"
-    a, b = load_file(tmp_path / "straight" / final), load_file(tmp_path / "split" / final)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
-
-
-def test_qc_training_resumes_bit_exactly(tmp_path, toy_store):
-    assert_resume_is_exact(tmp_path, toy_store, ["algo=qc", "algo.best_of_n=4", "policy=flow_mlp",
-                                                  "policy.horizon=4", "policy.action_steps=4"])
+def test_qc_training_resumes_bit_exactly(assert_resume_is_exact):
+    assert_resume_is_exact(["algo=qc", "algo.best_of_n=4", "policy=flow_mlp",
+                            "policy.horizon=4", "policy.action_steps=4"])
