@@ -51,6 +51,7 @@ class EnvSpec:
             "task": self.task,
             "observation": {k: list(v.shape) for k, v in self.observation.items()},
             "action": list(self.action.shape),
+            "dt": self.dt,
         }
 
 

@@ -126,12 +126,22 @@ class ChunkActor:
         """Network function evaluations per executed action (per step of the env batch)."""
         return self.nfe / max(self.steps, 1)
 
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """Raw observations of the current step (leading env axis) -> raw actions ``(N, A)``."""
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        """Add one control step's raw observations (leading env axis) to the history the policy sees."""
         self._history.append({k: np.asarray(obs[k]) for k in self.obs_keys})
         if not self._history[:-1]:  # first step: pad the history by repeating it, as in training
             self._history = self._history * self.obs_steps
         self._history = self._history[-self.obs_steps:]
+
+    def plan(self, shift: int | None = None) -> np.ndarray:
+        """Plan a whole chunk ``(N, H, A)`` (raw) from the history now: the deploy loop's entry, which
+        observes every control step but plans on its own schedule. ``shift``: control steps since the
+        previous plan, how far an RTI warm start moves (default ``action_steps``)."""
+        return self._plan(shift)
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Raw observations of the current step (leading env axis) -> raw actions ``(N, A)``."""
+        self.observe(obs)
         t = self._t
         self._t += 1
         self.steps += 1
@@ -146,7 +156,7 @@ class ChunkActor:
         return np.tensordot(weights / weights.sum(), actions, axes=1).astype(actions.dtype)
 
     @torch.no_grad()
-    def _plan(self) -> np.ndarray:
+    def _plan(self, shift: int | None = None) -> np.ndarray:
         started = time.perf_counter()
         self.plans += 1
         stacked = {
@@ -156,8 +166,9 @@ class ChunkActor:
         obs = obs_features(stacked, self.obs_keys, self.normalizer)
         with count_calls(getattr(self.policy, "net", self.policy)) as calls:
             chunk_started = time.perf_counter()
-            if self.rti is not None and self._guess is not None:
-                chunk = self.policy.refine(obs, self._warm_start_guess(), self.rti.noise_level, self.rti.steps)
+            shift = self.action_steps if shift is None else shift
+            if self.rti is not None and self._guess is not None and 0 < shift < self.horizon:
+                chunk = self.policy.refine(obs, self._warm_start_guess(shift), self.rti.noise_level, self.rti.steps)
             else:
                 chunk = self.policy.sample(obs, **self._sample_kwargs)
             self.chunk_latencies.append(time.perf_counter() - chunk_started)
@@ -173,11 +184,11 @@ class ChunkActor:
         self.latencies.append(time.perf_counter() - started)
         return raw
 
-    def _warm_start_guess(self) -> torch.Tensor:
-        """The previous clean chunk moved ``action_steps`` ahead, its last action repeated; clip-variant
+    def _warm_start_guess(self, shift: int) -> torch.Tensor:
+        """The previous clean chunk moved ``shift`` steps ahead, its last action repeated; clip-variant
         discrete dims set to +-1 / clip_factor."""
         assert self._guess is not None and self.rti is not None
-        guess = shift_chunk(self._guess, self.action_steps)
+        guess = shift_chunk(self._guess, shift)
         clipped = [d for d in self.rti.discrete_dims if d not in getattr(self.policy, "discrete_dims", ())]
         if clipped:
             guess[..., clipped] = binarize(guess[..., clipped]) / self.rti.clip_factor

@@ -230,12 +230,14 @@ class ALOEConfig(OfflineRLConfig):
 
 @dataclass
 class RobotConfig:
-    """A robot profile: driver, rates and limits used by the control loop and the safety filter."""
+    """A robot profile: driver, rates, limits and watchdog bounds used by the control loop (``configs/robot/``)."""
 
     name: str = MISSING
     """Robot profile name."""
     driver: str = MISSING
-    """Driver class implementing the robot driver protocol."""
+    """Driver class implementing the robot driver protocol (``robopol.real.driver``)."""
+    driver_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the driver (host, frequency, ...)."""
     control_rate_hz: float = 500.0
     """Servo loop rate."""
     joint_names: list[str] = field(default_factory=list)
@@ -245,9 +247,39 @@ class RobotConfig:
     joint_upper: list[float] = field(default_factory=list)
     """Upper joint position limits (rad)."""
     max_joint_velocity: list[float] = field(default_factory=list)
-    """Per-joint velocity limits (rad/s)."""
+    """Per-joint velocity limits of the command (rad/s)."""
+    max_joint_acceleration: list[float] = field(default_factory=list)
+    """Per-joint acceleration limits of the command (rad/s^2); also the deceleration of a hold."""
     limit_margin: float = 0.05
     """Safety margin kept inside the joint limits (rad)."""
+    max_relative: float = 0.5
+    """Largest distance between a joint command and the measured joint (rad)."""
+    jump_fault: float = 0.5
+    """A requested joint target this far from the last command latches a fault (rad)."""
+    gripper: bool = False
+    """The command ends with a gripper opening in [0, 1]."""
+    gripper_max_velocity: float = 25.0
+    """Largest gripper opening speed of the command (1/s)."""
+    workspace_low: list[float] = field(default_factory=list)
+    """Lower corner of the effector workspace box (m); empty: no box (needs driver forward kinematics)."""
+    workspace_high: list[float] = field(default_factory=list)
+    """Upper corner of the effector workspace box (m)."""
+    interpolation: str = "step"
+    """How the servo approaches a new action's target: step | linear."""
+    command_timeout_s: float = 0.15
+    """Hold when no new waypoint came into force for this long after the last one."""
+    policy_timeout_s: float = 1.0
+    """Hold when the policy worker has been silent this long."""
+    stale_state_s: float = 0.05
+    """Hold when the robot state has not updated for this long."""
+    driver_timeout_s: float = 0.02
+    """Hold when the driver heartbeat has been dead for this long."""
+    overrun_streak: int = 20
+    """Hold after this many consecutive servo overruns."""
+    auto_rearm: bool = False
+    """Re-arm after a watchdog hold at the next episode without asking (stand-in only; never after an e-stop)."""
+    faults: dict[str, Any] = field(default_factory=dict)
+    """Faults to inject (stand-in robot: ``robopol.real.standin.StandinFaults`` fields)."""
 
 
 # ------------------------------------------------------------------------------------- command parts
@@ -444,9 +476,37 @@ class DeployCommand:
 
     robot: Any = MISSING
     ckpt: str = ""
-    """Run directory or checkpoint directory."""
+    """Run directory or checkpoint directory of the policy."""
     record: str = ""
-    """Episode store to record every step into; empty records nothing."""
+    """Episode store to append every step to; empty records nothing."""
+    episodes: int = 3
+    """Episodes to run."""
+    seed: int = 0
+    """Seed of the first episode (stand-in scene layout); later episodes count up."""
+    max_steps: int = 0
+    """Control steps per episode; 0 takes the checkpoint's task limit."""
+    realtime: bool = False
+    """Run the servo loop in its own process against the wall clock; false runs lockstep on a virtual clock."""
+    strategy: str = "replace"
+    """How chunks merge: replace | queue_merge | temporal_ensemble | rti."""
+    dt: float = 0.0
+    """The policy's control period (s); 0 takes the checkpoint's (or the stand-in scene's)."""
+    steps_per_inference: int = 0
+    """Control steps between inferences; 0 takes the policy's action_steps."""
+    exec_latency_s: float = 0.01
+    """Actions due sooner than this after a chunk is ready are dropped."""
+    inference_latency_s: float = -1.0
+    """Inject this inference latency (s); negative uses the measured one."""
+    merge_weight: float = 0.7
+    """queue_merge: weight of the new chunk where chunks overlap."""
+    ensemble_decay: float = 0.01
+    """temporal_ensemble: exp(-decay * i) weights, oldest chunk first."""
+    sampler: str = ""
+    """Sampler override of the policy (e.g. rti); empty keeps the checkpoint's."""
+    teleop: str = "none"
+    """Human takeover device: none | keyboard | spacemouse."""
+    device: str = "cpu"
+    """Torch device of the policy."""
 
 
 @dataclass

@@ -130,13 +130,19 @@ def test_cli_help_lists_groups_options_and_field_docs(tmp_path):
 def test_cli_unknown_subcommand_and_unlanded_capability(tmp_path):
     proc = run_cli("fly", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown subcommand 'fly'" in proc.stderr
-    proc = run_cli("deploy", cwd=tmp_path)
+    proc = run_cli("bench", "online", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "robopol deploy: error: the real-robot control loop has not landed yet; see the open issues "
+        "robopol bench: error: robopol bench online has not landed yet; see the open issues "
         "(`robopol --help` lists what works)"
     ]
     assert proc.stdout == ""
+    proc = run_cli("deploy", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "robopol deploy: error: robopol deploy needs ckpt=<run dir or checkpoint dir>, e.g. the output of "
+        "robopol demo"
+    ]
 
 
 def test_demo_defaults_to_a_flow_policy_on_cube_single_task1():

@@ -21,13 +21,6 @@ def not_landed_error(what: str) -> NotLandedError:
     return NotLandedError(f"{what} has not landed yet; see the open issues (`robopol --help` lists what works)")
 
 
-def not_landed(what: str) -> Callable[[DictConfig], None]:
-    def command(cfg: DictConfig) -> None:
-        raise not_landed_error(what)
-
-    return command
-
-
 def train_command(cfg: DictConfig) -> None:
     from robopol.train.trainer import train
 
@@ -230,6 +223,12 @@ def _bench_inference(cfg: DictConfig) -> None:
     bench_inference(cfg)
 
 
+def deploy_command(cfg: DictConfig) -> None:
+    from robopol.real.deploy import deploy
+
+    deploy(cfg)
+
+
 def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
@@ -253,6 +252,6 @@ COMMAND_FUNCTIONS: dict[str, Callable[[DictConfig], None]] = {
     "collect": collect_command,
     "data": data_command,
     "bench": bench_command,
-    "deploy": not_landed("the real-robot control loop"),
+    "deploy": deploy_command,
     "demo": demo_command,
 }

@@ -1,0 +1,192 @@
+"""``robopol deploy robot=<profile> ckpt=<run>``: build the control loop from a robot profile and a policy
+checkpoint, run episodes with a live cycle report, and optionally record them.
+
+Lockstep (default): one process on a ``VirtualClock``; the stand-in robot's physics follows it, so episodes
+run faster than real time and are reproducible, while inference latency is the measured one (or injected).
+``realtime=true``: the servo loop runs in its own process against the wall clock (``robopol.real.process``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from robopol.errors import ConfigError
+
+from .clock import Clock, VirtualClock
+from .loop import DeployLoop, EpisodeReport, PolicyWorker
+from .record import EpisodeRecorder
+from .safety import EStop, SafetyFilter, SafetyLimits
+from .scheduler import ChunkScheduler, check_rti_bounds
+from .servo import JointPositionMap, ServoConfig, ServoLoop
+from .standin import StandinFaults, StandinRobot
+
+console = Console(soft_wrap=True)
+
+
+def servo_config(robot: DictConfig) -> ServoConfig:
+    return ServoConfig(rate_hz=robot.control_rate_hz, interpolation=robot.interpolation,
+                       command_timeout_s=robot.command_timeout_s, policy_timeout_s=robot.policy_timeout_s,
+                       stale_state_s=robot.stale_state_s, driver_timeout_s=robot.driver_timeout_s,
+                       overrun_streak=robot.overrun_streak)
+
+
+def safety_limits(robot: DictConfig, driver: Any = None) -> SafetyLimits:
+    """The profile's limits as per-dimension arrays (joints, then the gripper when the profile has one)."""
+    joints = len(robot.joint_lower)
+    for key in ("joint_upper", "max_joint_velocity", "max_joint_acceleration"):
+        if len(robot[key]) != joints:
+            raise ConfigError(f"robot profile '{robot.name}': {key} has {len(robot[key])} values but joint_lower "
+                              f"has {joints}")
+    lower, upper = list(robot.joint_lower), list(robot.joint_upper)
+    velocity, acceleration = list(robot.max_joint_velocity), list(robot.max_joint_acceleration)
+    relative, jump = [robot.max_relative] * joints, [robot.jump_fault] * joints
+    if robot.gripper:
+        lower, upper = lower + [0.0], upper + [1.0]
+        velocity += [robot.gripper_max_velocity]
+        acceleration += [robot.gripper_max_velocity * robot.control_rate_hz]  # the gripper may start at once
+        relative, jump = relative + [1.0], jump + [1.5]
+    box = {}
+    if robot.workspace_low:
+        if driver is None or not hasattr(driver, "forward_kinematics"):
+            raise ConfigError(f"robot profile '{robot.name}' has a workspace box but its driver has no "
+                              "forward_kinematics: remove workspace_low/high or use a driver that has one")
+        box = {"workspace_low": np.asarray(robot.workspace_low), "workspace_high": np.asarray(robot.workspace_high),
+               "forward_kinematics": driver.forward_kinematics}
+    return SafetyLimits(lower=lower, upper=upper, max_velocity=velocity, max_acceleration=acceleration,
+                        max_relative=relative, jump_fault=jump, margin=robot.limit_margin, margin_dims=joints,
+                        **box)
+
+
+def standin_faults(robot: DictConfig) -> StandinFaults:
+    known = {f.name for f in fields(StandinFaults)}
+    unknown = sorted(set(robot.faults) - known)
+    if unknown:
+        raise ConfigError(f"robot.faults: unknown keys {unknown}; the stand-in injects {sorted(known)}")
+    return StandinFaults(**OmegaConf.to_container(robot.faults))
+
+
+def make_robot(robot: DictConfig, clock: Clock, task: DictConfig | None) -> Any:
+    """The profile's driver; the stand-in gets the checkpoint's OGBench scene."""
+    from hydra.utils import get_class
+
+    cls = get_class(robot.driver)
+    if cls is StandinRobot:
+        if task is None or "env_id" not in task:
+            raise ConfigError("the stand-in robot is OGBench's arm: deploy a checkpoint trained on an OGBench "
+                              f"manipulation task (cube_single, ...), got task {task.name if task else None}")
+        return StandinRobot(clock, env_id=task.env_id, task_id=task.get("task_id", 0), faults=standin_faults(robot))
+    if robot.faults:
+        raise ConfigError(f"robot.faults is for the stand-in robot; '{robot.name}' is real hardware")
+    return cls(clock=clock, **OmegaConf.to_container(robot.driver_args))
+
+
+def deploy(cfg: DictConfig) -> list[EpisodeReport]:
+    from robopol.runtime import load_actor
+
+    if not cfg.ckpt:
+        raise ConfigError("robopol deploy needs ckpt=<run dir or checkpoint dir>, e.g. the output of robopol demo")
+    if cfg.episodes < 1:
+        raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
+    if cfg.realtime:
+        from .process import deploy_realtime
+
+        return deploy_realtime(cfg)
+    actor, ckpt = load_actor(cfg.ckpt, cfg.device, sampler=cfg.sampler or None, seed=cfg.seed)
+    task = ckpt.config.get("task")
+    clock = VirtualClock()
+    robot = make_robot(cfg.robot, clock, task)
+    action_map = robot.action_map() if hasattr(robot, "action_map") else JointPositionMap(robot.dim)
+    action_dim = int(ckpt.manifest["action_dim"])
+    if action_dim != action_map.action_dim:
+        raise ConfigError(f"{ckpt.path}: the policy's actions have {action_dim} dims but robot '{cfg.robot.name}' "
+                          f"takes {action_map.action_dim}")
+    dt = cfg.dt or ckpt.manifest["env_spec"].get("dt") or getattr(robot, "action_dt", 0.0)
+    if dt <= 0:
+        raise ConfigError(f"{ckpt.path} does not record the policy's control period: pass dt=<seconds per action>")
+    loop = build_loop(cfg, robot, clock, actor, action_map, dt, int(task.get("max_episode_steps", 0) or 0))
+    recorder = EpisodeRecorder(cfg.record, attrs={"task": task.name, "robot": cfg.robot.name,
+                                                  "checkpoint": str(ckpt.path)}) if cfg.record else None
+    return run_episodes(cfg, loop, recorder)
+
+
+def build_loop(cfg: DictConfig, robot: Any, clock: Clock, actor: Any, action_map: Any, dt: float,
+               task_steps: int) -> DeployLoop:
+    """Servo, scheduler and policy worker around ``robot``; ``dt`` is the policy's control period."""
+    steps_per_inference = cfg.steps_per_inference or actor.action_steps
+    latency = None if cfg.inference_latency_s < 0 else cfg.inference_latency_s
+    if cfg.strategy == "rti" and latency is not None:
+        check_rti_bounds(int(np.ceil(latency / dt - 1e-9)), steps_per_inference, actor.horizon)
+    servo = ServoLoop(robot, clock, SafetyFilter(safety_limits(cfg.robot, robot), 1.0 / cfg.robot.control_rate_hz),
+                      action_map, servo_config(cfg.robot), EStop())
+    scheduler = ChunkScheduler(dt, action_map.action_dim, strategy=cfg.strategy, exec_latency=cfg.exec_latency_s,
+                               merge_weight=cfg.merge_weight, ensemble_decay=cfg.ensemble_decay)
+    max_steps = cfg.max_steps or task_steps or 200
+    return DeployLoop(robot, servo, scheduler, PolicyWorker(actor, latency), dt, max_steps, steps_per_inference,
+                      teleop=make_teleop(cfg.teleop, action_map.action_dim))
+
+
+def make_teleop(kind: str, action_dim: int) -> Any:
+    if kind == "none":
+        return None
+    from . import teleop_devices
+
+    if kind == "keyboard":
+        return teleop_devices.KeyboardTeleop(action_dim)
+    if kind == "spacemouse":
+        return teleop_devices.SpaceMouseTeleop(action_dim)
+    raise ConfigError(f"teleop must be none, keyboard or spacemouse, got '{kind}'")
+
+
+def run_episodes(cfg: DictConfig, loop: DeployLoop, recorder: EpisodeRecorder | None) -> list[EpisodeReport]:
+    """Run ``cfg.episodes`` episodes, print a cycle report per episode and a summary, record if asked."""
+    reports = []
+    table = Table("ep", "seed", "steps", "success", "fault", "takeovers", "rate_hz", "overruns", "late_p50_ms",
+                  "late_p99_ms", "infer_ms", "dropped", "over_budget", "x_realtime", title="robopol deploy")
+    try:
+        for i in range(cfg.episodes):
+            if loop.servo.estop.triggered:
+                console.print(f"e-stop ({loop.servo.estop.reason}): not starting more episodes")
+                break
+            if loop.servo.fault is not None and not cfg.robot.auto_rearm:
+                console.print(f"holding after '{loop.servo.fault}': auto_rearm is off for '{cfg.robot.name}', "
+                              "clear the cause and run again")
+                break
+            stats_before = (loop.servo.stats.ticks, loop.servo.stats.overruns, len(loop.servo.stats.lateness),
+                            loop.scheduler.dropped, loop.scheduler.over_budget, len(loop.worker.latencies))
+            wall, sim_t0 = time.perf_counter(), loop.clock.now()
+            report = loop.run_episode(cfg.seed + i)
+            wall, sim = time.perf_counter() - wall, loop.clock.now() - sim_t0
+            stats = loop.servo.stats
+            late = np.asarray(stats.lateness[stats_before[2]:] or [0.0]) * 1e3
+            infer = np.asarray(loop.worker.latencies[stats_before[5]:] or [0.0]) * 1e3
+            ticks = stats.ticks - stats_before[0]
+            table.add_row(str(i), str(report.seed), str(report.steps), str(report.success), report.fault or "",
+                          str(report.takeovers), f"{ticks / max(sim, 1e-9):.0f}", str(stats.overruns - stats_before[1]),
+                          f"{np.percentile(late, 50):.3f}", f"{np.percentile(late, 99):.3f}", f"{infer.mean():.1f}",
+                          str(loop.scheduler.dropped - stats_before[3]),
+                          str(loop.scheduler.over_budget - stats_before[4]), f"{sim / max(wall, 1e-9):.1f}")
+            console.print(f"episode {i}: seed {report.seed}, {report.steps} steps, success {report.success}"
+                          + (f", fault {report.fault}" if report.fault else ""))
+            if recorder is not None:
+                recorder.add(report.data, success=report.success, seed=report.seed, faulted=report.fault is not None,
+                             takeovers=report.takeovers, safety_events=len(report.events),
+                             intervened_steps=int(report.data["intervention"].sum()),
+                             state_latency_s=float(cfg.robot.faults.get("state_latency_s", 0.0)),
+                             exec_latency_s=cfg.exec_latency_s, inference_latency_s=float(infer.mean() / 1e3))
+            reports.append(report)
+    finally:
+        loop.servo.driver.stop()
+        if loop.teleop is not None:
+            loop.teleop.close()
+    console.print(table)
+    rate = np.mean([r.success for r in reports]) if reports else 0.0
+    console.print(f"success {100 * rate:.1f}% over {len(reports)} episodes"
+                  + (f"; recorded into {cfg.record}" if recorder is not None else ""))
+    return reports

@@ -1,0 +1,250 @@
+"""The deploy loop: policy worker -> chunk scheduler -> servo loop -> robot, with takeover and recording.
+
+Time is the injected clock's. Every control step ``k`` (the policy's action period ``dt``) happens at
+``T_k = T_0 + k * dt``: the loop reads the task observation, polls the teleoperator, and, when the policy
+is in control and ``steps_per_inference`` steps have passed, starts an inference from that observation. The
+chunk becomes ready ``latency`` later (measured wall time, or an injected latency model) and goes to the
+scheduler then, stamped from ``T_k``; in between the servo keeps executing what is pending. Between control
+steps the servo loop ticks at its own rate. Under a ``VirtualClock`` this is a lockstep simulation of the
+real timeline: deterministic, and faster than real time with the stand-in robot.
+
+A planning failure (a worker crash) stops new chunks and heartbeats: the servo's command-freshness and
+policy-heartbeat watchdogs bring the robot to a decelerating hold. Every control step is recorded (see
+``robopol.real.record``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .record import FLAG_BITS, SOURCE_HUMAN, SOURCE_NONE, SOURCE_POLICY
+from .scheduler import Chunk, ChunkScheduler, Trajectory
+from .servo import ServoLoop, TickInfo
+from .takeover import AUTONOMOUS, CORRECTING, Takeover
+from .teleop import Teleop
+
+Latency = Callable[[], float]
+
+
+class PolicyWorker:
+    """A ``ChunkActor`` on the deploy timeline: observes every control step, plans a chunk when asked.
+
+    ``latency``: None uses the measured wall time of each plan as its latency; a number or a callable
+    (``() -> seconds``) injects one instead (benchmarks, tests, emulating a slower GPU).
+    """
+
+    def __init__(self, actor: Any, latency: float | Latency | None = None) -> None:
+        self.actor = actor
+        self.latency = (lambda: float(latency)) if isinstance(latency, (int, float)) else latency
+        self.latencies: list[float] = []
+
+    @property
+    def horizon(self) -> int:
+        return self.actor.horizon
+
+    @property
+    def action_steps(self) -> int:
+        return self.actor.action_steps
+
+    def reset(self) -> None:
+        self.actor.reset()
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        self.actor.observe({k: np.asarray(v)[None] for k, v in obs.items()})
+
+    def plan(self, shift: int | None) -> tuple[np.ndarray, float]:
+        """A chunk ``(H, A)`` and its latency in seconds."""
+        started = time.perf_counter()
+        chunk = self.actor.plan(shift)[0]
+        latency = time.perf_counter() - started if self.latency is None else self.latency()
+        self.latencies.append(latency)
+        return chunk, latency
+
+
+@dataclass
+class EpisodeReport:
+    """One deployed episode."""
+
+    seed: int
+    steps: int
+    success: bool
+    fault: str | None
+    takeovers: int
+    events: list[tuple[float, str]]
+    data: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    """Per-step arrays (the record)."""
+
+
+class DeployLoop:
+    """Runs episodes of a policy on a robot through the scheduler and the servo loop."""
+
+    def __init__(self, robot: Any, servo: ServoLoop, scheduler: ChunkScheduler, worker: PolicyWorker,
+                 dt: float, max_steps: int, steps_per_inference: int | None = None,
+                 teleop: Teleop | None = None, takeover: Takeover | None = None,
+                 on_step: Callable[[int], None] | None = None) -> None:
+        self.robot, self.servo, self.scheduler, self.worker = robot, servo, scheduler, worker
+        self.clock = servo.clock
+        self.dt, self.max_steps = dt, max_steps
+        self.steps_per_inference = steps_per_inference or worker.action_steps
+        self.teleop, self.takeover = teleop, takeover or Takeover()
+        self.on_step = on_step
+        self._chunk_id = 0
+        self._latency_of: dict[int, float] = {}
+
+    def run_episode(self, seed: int) -> EpisodeReport:
+        robot, servo, scheduler, worker = self.robot, self.servo, self.scheduler, self.worker
+        robot.reset(seed)
+        scheduler.reset()
+        worker.reset()
+        self.takeover.reset()
+        servo.events.clear()
+        if servo.fault is not None:
+            servo.rearm()
+        else:
+            servo.restart()
+        self._in_flight: tuple[Chunk, float] | None = None
+        self._worker_alive = True
+        t0 = self.clock.now()
+        last_plan: tuple[int, float] | None = None
+        steps: list[dict[str, Any]] = []
+        success, k = False, 0
+        while True:
+            grid_t = t0 + k * self.dt
+            while self.clock.now() < grid_t - 1e-9:
+                self._deliver()
+                self._account(servo.tick(), steps)
+                servo.pace()
+            if k > 0:
+                reward, success = robot.task_status()
+                steps[-1].update(reward=reward, terminal=success)
+                if self.on_step is not None:
+                    self.on_step(k)
+                if success or k >= self.max_steps or servo.held:
+                    break
+            now = self.clock.now()
+            obs = robot.observe()
+            worker.observe(obs)
+            human = self._teleop(now, obs)
+            if self.takeover.mode == AUTONOMOUS and self._worker_alive:
+                servo.policy_heartbeat(now)
+                due = last_plan is None or k - last_plan[0] >= self.steps_per_inference
+                if due and self._in_flight is None:
+                    shift = None if last_plan is None else k - last_plan[0]
+                    self._start_inference(now, shift)
+                    last_plan = (k, now)
+            elif self.takeover.mode != AUTONOMOUS:
+                last_plan = None
+            self._deliver()
+            steps.append({"obs": obs, "human": human, "first": None, "flags": 0})
+            k += 1
+        fault = servo.fault
+        data = self._stack(steps[:k])
+        return EpisodeReport(seed=seed, steps=len(steps), success=bool(success), fault=fault,
+                             takeovers=self.takeover.takeovers, events=list(servo.events), data=data)
+
+    # ---------------------------------------------------------------------------------- parts
+    def _start_inference(self, now: float, shift: int | None) -> None:
+        try:
+            actions, latency = self.worker.plan(shift)
+        except Exception as err:  # noqa: BLE001 - a crashed worker must leave the robot holding, not moving
+            self._worker_alive = False
+            self.servo.events.append((now, f"policy_worker_error: {err}"))
+            return
+        self._chunk_id += 1
+        self._latency_of[self._chunk_id] = latency
+        chunk = Chunk(actions, obs_t=now, chunk_id=self._chunk_id, epoch=self.scheduler.epoch, latency=latency)
+        self._in_flight = (chunk, now + latency)
+
+    def _deliver(self) -> None:
+        if self._in_flight is not None and self.clock.now() >= self._in_flight[1] - 1e-9:
+            chunk, _ = self._in_flight
+            self._in_flight = None
+            self.servo.set_trajectory(self.scheduler.add(chunk, self.clock.now()))
+
+    def _teleop(self, now: float, obs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Poll the human; returns the action they command this step (None: the policy acts)."""
+        if self.teleop is None:
+            return None
+        cmd = self.teleop.poll(now)
+        if cmd.estop:
+            self.servo.estop.trigger("teleop key")
+        transition = self.takeover.update(cmd.engaged)
+        if transition == "pause":
+            self.scheduler.reset()
+            self.worker.reset()
+            self.worker.observe(obs)
+            self._in_flight = None
+            self.servo.pause()
+        elif transition == "release":
+            self.scheduler.reset()
+            self.worker.reset()
+            self.worker.observe(obs)
+            self.servo.resume()
+        if self.takeover.mode != CORRECTING:
+            return None
+        if not cmd.engaged:
+            self.servo.pause()
+            return None
+        self.servo.resume()
+        self.servo.set_trajectory(Trajectory(np.array([now]), np.asarray(cmd.action, dtype=np.float64)[None],
+                                             np.array([-1]), np.array([0])))
+        return np.asarray(cmd.action, dtype=np.float32)
+
+    def _account(self, info: TickInfo, steps: list[dict[str, Any]]) -> None:
+        """Fold one tick into the record of the control step it belongs to."""
+        if not steps:
+            return
+        step = steps[-1]
+        for flag in info.flags:
+            step["flags"] |= FLAG_BITS.get(flag.split(":")[0], 0)
+        if step["first"] is None:
+            traj = self.servo.trajectory
+            wp = info.waypoint
+            step["first"] = {
+                "command": info.sent if info.sent is not None else np.full(self.servo.safety.limits.dim, np.nan),
+                "action": traj.actions[wp].copy() if wp is not None else None,
+                "chunk_id": int(traj.chunk_ids[wp]) if wp is not None else -1,
+                "chunk_index": int(traj.indices[wp]) if wp is not None else -1,
+            }
+
+    def _stack(self, steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Per-step dicts -> the arrays of the episode record."""
+        action_dim = self.scheduler.action_dim
+        out: dict[str, list] = {k: [] for k in ("action", "policy_action", "command", "source", "intervention",
+                                                "chunk_id", "chunk_index", "latency", "safety_flags",
+                                                "reward", "terminal")}
+        obs_keys = list(steps[0]["obs"]) if steps else []
+        for key in obs_keys:
+            out[key] = []
+        for step in steps:
+            first = step["first"] or {"command": np.full(self.servo.safety.limits.dim, np.nan), "action": None,
+                                      "chunk_id": -1, "chunk_index": -1}
+            human = step["human"]
+            if human is not None:
+                source, action = SOURCE_HUMAN, human
+            elif first["action"] is not None and first["chunk_id"] >= 0:
+                source, action = SOURCE_POLICY, first["action"]
+            else:
+                source, action = SOURCE_NONE, np.zeros(action_dim)
+            for key in obs_keys:
+                out[key].append(step["obs"][key])
+            out["action"].append(np.asarray(action, dtype=np.float32))
+            out["policy_action"].append(np.asarray(first["action"] if source == SOURCE_POLICY
+                                                   else np.zeros(action_dim), dtype=np.float32))
+            out["command"].append(np.asarray(first["command"], dtype=np.float32))
+            out["source"].append(source)
+            out["intervention"].append(source == SOURCE_HUMAN)
+            out["chunk_id"].append(first["chunk_id"])
+            out["chunk_index"].append(first["chunk_index"])
+            out["latency"].append(self._latency_of.get(first["chunk_id"], 0.0) if source == SOURCE_POLICY else 0.0)
+            out["safety_flags"].append(step["flags"])
+            out["reward"].append(step.get("reward", 0.0))
+            out["terminal"].append(step.get("terminal", False))
+        dtypes = {"source": np.int8, "intervention": np.bool_, "chunk_id": np.int32, "chunk_index": np.int16,
+                  "latency": np.float32, "safety_flags": np.uint16, "reward": np.float32, "terminal": np.bool_}
+        return {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in out.items()}

@@ -1,0 +1,310 @@
+"""The servo loop: fixed-rate tracking of the pending trajectory, safety filter last, watchdogs, holds.
+
+One ``tick()``:
+
+1. read the robot state (a driver exception is a fault);
+2. run the watchdogs, each of which ends in a decelerating hold: command freshness (now past the last
+   waypoint + ``command_timeout_s``), policy heartbeat, servo overrun streak, stale state (``seq`` frozen
+   for ``stale_state_s``), driver heartbeat, the e-stop and the safety filter's fault latch;
+3. the target: the waypoint in force is turned into a command target by the action map *when it comes into
+   force*, against the measured state (relative actions such as OGBench's end-effector deltas need that),
+   then approached with ``interpolation``: ``step`` (at once, as the simulator the policy was trained in
+   does; the safety filter's velocity limit still shapes it) or ``linear`` (a ramp over the waypoint's
+   duration);
+4. the safety filter, then ``driver.command`` with what it let through;
+5. pacing against absolute deadlines (``t0 + k * period``): a late tick never shifts later ones; a tick
+   that starts a whole period late counts as an overrun and the missed slots are skipped.
+
+Holding: the target keeps its last per-tick velocity and decelerates at the acceleration limit to rest,
+then ``driver.hold()`` is called once and commands stop. A hold is latched until ``rearm()``, which needs
+the e-stop released. ``pause()`` (a human is about to take over) holds the current target without a fault.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .clock import Clock
+from .driver import RobotDriver, RobotState
+from .safety import EStop, SafetyFilter
+from .scheduler import Trajectory
+
+INTERPOLATIONS = ("step", "linear")
+
+
+class ActionMap(Protocol):
+    """Policy action -> command target (joints, then gripper)."""
+
+    action_dim: int
+
+    def to_target(self, action: np.ndarray, state: RobotState) -> np.ndarray:
+        """The target for ``action`` coming into force now, given the measured state."""
+
+
+class JointPositionMap:
+    """The action *is* the command target (absolute joint positions, then gripper)."""
+
+    def __init__(self, dim: int) -> None:
+        self.action_dim = dim
+
+    def to_target(self, action: np.ndarray, state: RobotState) -> np.ndarray:
+        return np.asarray(action, dtype=np.float64)
+
+
+@dataclass
+class ServoConfig:
+    """Rates and watchdog bounds of the servo loop."""
+
+    rate_hz: float = 500.0
+    """Servo rate (UR e-Series and the stand-in 500 Hz, UR CB3 125 Hz)."""
+    interpolation: str = "step"
+    """How a new waypoint's target is approached: step | linear."""
+    command_timeout_s: float = 0.1
+    """Hold when this long has passed since the last waypoint came into force (ros2 JTC's cmd_timeout)."""
+    policy_timeout_s: float = 1.0
+    """Hold when the policy worker has not reported for this long (after its first report)."""
+    stale_state_s: float = 0.05
+    """Hold when the state sample counter has not moved for this long."""
+    driver_timeout_s: float = 0.02
+    """Hold when the driver heartbeat has reported dead for this long."""
+    overrun_streak: int = 20
+    """Hold after this many consecutive overrun ticks (libfranka stops after 20 missed packets)."""
+
+    def __post_init__(self) -> None:
+        from robopol.errors import ConfigError
+
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"servo interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                              f"got '{self.interpolation}'")
+        if self.rate_hz <= 0 or self.overrun_streak < 1:
+            raise ConfigError(f"servo rate_hz must be > 0 and overrun_streak >= 1, got {self.rate_hz}, "
+                              f"{self.overrun_streak}")
+
+
+@dataclass
+class TickInfo:
+    """What one tick did."""
+
+    t: float
+    state: RobotState | None
+    sent: np.ndarray | None
+    flags: tuple[str, ...]
+    waypoint: int | None
+    """Index into the trajectory of the waypoint in force (None: none, paused or holding)."""
+    activated: bool
+    """The waypoint came into force on this tick."""
+
+
+@dataclass
+class ServoStats:
+    """Cycle accounting."""
+
+    ticks: int = 0
+    overruns: int = 0
+    lateness: list[float] = field(default_factory=list)
+    clipped: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float]:
+        late = np.asarray(self.lateness) * 1e3 if self.lateness else np.zeros(1)
+        return {"ticks": self.ticks, "overruns": self.overruns, "lateness_p50_ms": float(np.percentile(late, 50)),
+                "lateness_p99_ms": float(np.percentile(late, 99)), "lateness_max_ms": float(late.max())}
+
+
+class ServoLoop:
+    """Tracks a trajectory on a driver at a fixed rate."""
+
+    def __init__(self, driver: RobotDriver, clock: Clock, safety: SafetyFilter, action_map: ActionMap,
+                 config: ServoConfig | None = None, estop: EStop | None = None) -> None:
+        self.driver, self.clock, self.safety, self.action_map = driver, clock, safety, action_map
+        self.config = config or ServoConfig()
+        self.period = 1.0 / self.config.rate_hz
+        self.estop = estop or EStop()
+        self.stats = ServoStats()
+        self.events: list[tuple[float, str]] = []
+        self.trajectory = Trajectory.empty(action_map.action_dim)
+        self.state: RobotState | None = None
+        self.fault: str | None = None
+        self.held = False
+        self.paused = False
+        self.next_deadline: float | None = None
+        self._policy_seen: float | None = None
+        self._active: tuple[float, int, int] | None = None  # (time, chunk id, index) of the waypoint in force
+        self._ramp: tuple[np.ndarray, np.ndarray, float, float] | None = None  # start, goal, t0, duration
+        self._seq_since: tuple[int, float] | None = None
+        self._driver_alive_t: float | None = None
+        self._streak = 0
+
+    # ---------------------------------------------------------------------------------- inputs
+    def set_trajectory(self, trajectory: Trajectory) -> None:
+        """The scheduler's new pending trajectory."""
+        self.trajectory = trajectory
+
+    def policy_heartbeat(self, t: float) -> None:
+        """The policy worker is alive at ``t``."""
+        self._policy_seen = t
+
+    def pause(self) -> None:
+        """Hold the current target without a fault (before a human takes over); clears the trajectory."""
+        self.paused = True
+        self.trajectory = Trajectory.empty(self.action_map.action_dim)
+        self._active = self._ramp = None
+
+    def resume(self) -> None:
+        self.paused = False
+        self._policy_seen = None
+
+    def restart(self) -> None:
+        """Start an episode from where the robot is: no trajectory, the filter starting at the measured state."""
+        if self.fault is not None:
+            raise RuntimeError(f"the servo is holding after '{self.fault}': rearm() first")
+        self.trajectory = Trajectory.empty(self.action_map.action_dim)
+        self._active = self._ramp = self._policy_seen = None
+        self.paused = False
+        self.state = self.driver.read_state()
+        self.safety.start(self.state.position)
+
+    def rearm(self) -> None:
+        """Leave a latched hold; refused while the e-stop is still triggered."""
+        if self.estop.triggered:
+            raise RuntimeError(f"e-stop ({self.estop.reason}) is still triggered: release it first")
+        self.safety.rearm()
+        self.fault, self.held = None, False
+        self._streak = 0
+        self.restart()
+
+    def trip(self, reason: str) -> None:
+        """Start a decelerating hold (latched) unless one is already in progress."""
+        if self.fault is None:
+            self.fault = reason
+            self.events.append((self.clock.now(), reason))
+
+    # ---------------------------------------------------------------------------------- the tick
+    def tick(self) -> TickInfo:
+        now = self.clock.now()
+        self._pace_accounting(now)
+        try:
+            state = self.driver.read_state()
+            self.state = state
+        except Exception as err:  # noqa: BLE001 - any driver failure must end in a hold, not a crash
+            self.trip(f"driver_error: {err}")
+            state = self.state
+        if state is None:  # nothing ever read: there is no safe target to send
+            return TickInfo(now, None, None, ("no_state",), None, False)
+        self._watchdogs(now, state)
+        waypoint, activated = None, False
+        if self.fault is not None:
+            requested = self._decelerate()
+        elif self.paused:
+            requested = self.safety.last_sent if self.safety.last_sent is not None else state.position
+        else:
+            waypoint, activated, requested = self._track(now, state)
+        if self.held:
+            return TickInfo(now, state, None, ("held",), None, False)
+        result = self.safety(requested, state.position)
+        for flag in result.flags:
+            self.stats.clipped[flag] = self.stats.clipped.get(flag, 0) + 1
+        if self.safety.fault is not None and self.fault is None:
+            self.trip(f"safety: {self.safety.fault}")
+        try:
+            self.driver.command(result.sent)
+        except Exception as err:  # noqa: BLE001
+            self.trip(f"driver_error: {err}")
+        if self.fault is not None and np.all(np.abs(self.safety.last_velocity) < 1e-9):
+            self._hold_driver()
+        return TickInfo(now, state, result.sent, result.flags, waypoint, activated)
+
+    def pace(self) -> None:
+        """Sleep until the next tick's deadline."""
+        if self.next_deadline is not None:
+            self.clock.sleep_until(self.next_deadline)
+
+    def run(self, duration: float) -> None:
+        """Tick at the configured rate for ``duration`` seconds of clock time."""
+        end = self.clock.now() + duration
+        while self.clock.now() < end:
+            self.tick()
+            self.pace()
+
+    # ---------------------------------------------------------------------------------- parts
+    def _pace_accounting(self, now: float) -> None:
+        if self.next_deadline is None:
+            self.next_deadline = now
+        lateness = now - self.next_deadline
+        self.stats.ticks += 1
+        self.stats.lateness.append(max(lateness, 0.0))
+        missed = math.floor(lateness / self.period + 1e-9) if lateness > 0 else 0
+        if missed >= 1:
+            self.stats.overruns += 1
+            self._streak += 1
+        else:
+            self._streak = 0
+        self.next_deadline += (missed + 1) * self.period
+
+    def _watchdogs(self, now: float, state: RobotState) -> None:
+        cfg = self.config
+        if self.estop.triggered:
+            self.trip(f"estop: {self.estop.reason}")
+        if self._streak >= cfg.overrun_streak:
+            self.trip(f"overrun_streak: {self._streak} ticks")
+        if self._seq_since is None or state.seq != self._seq_since[0]:
+            self._seq_since = (state.seq, now)
+        elif now - self._seq_since[1] > cfg.stale_state_s:
+            self.trip(f"stale_state: seq {state.seq} for {now - self._seq_since[1]:.3f} s")
+        try:
+            alive = self.driver.heartbeat()
+        except Exception:  # noqa: BLE001
+            alive = False
+        if alive or self._driver_alive_t is None:
+            self._driver_alive_t = now
+        if not alive and now - self._driver_alive_t > cfg.driver_timeout_s:
+            self.trip(f"driver_heartbeat: dead for {now - self._driver_alive_t:.3f} s")
+        if self.paused or self.fault is not None:
+            return
+        if self._policy_seen is not None and now - self._policy_seen > cfg.policy_timeout_s:
+            self.trip(f"policy_heartbeat: silent for {now - self._policy_seen:.3f} s")
+        if len(self.trajectory) and now > self.trajectory.end_time + cfg.command_timeout_s:
+            self.trip(f"command_timeout: last waypoint at {self.trajectory.end_time:.3f} s")
+
+    def _track(self, now: float, state: RobotState) -> tuple[int | None, bool, np.ndarray]:
+        traj = self.trajectory
+        k = traj.active(now)
+        hold_here = self.safety.last_sent if self.safety.last_sent is not None else state.position
+        if k is None:
+            return None, False, hold_here
+        key = (float(traj.times[k]), int(traj.chunk_ids[k]), int(traj.indices[k]))
+        activated = key != self._active
+        if activated:
+            self._active = key
+            try:
+                goal = self.action_map.to_target(traj.actions[k], state)
+            except Exception as err:  # noqa: BLE001 - a bad action must end in a hold, not a crash
+                self.trip(f"action_map: {err}")
+                return k, activated, hold_here
+            duration = 0.0
+            if self.config.interpolation == "linear" and k + 1 < len(traj):
+                duration = float(traj.times[k + 1] - traj.times[k])
+            self._ramp = (np.asarray(hold_here, dtype=np.float64).copy(), goal, float(traj.times[k]), duration)
+        start, goal, t0, duration = self._ramp
+        alpha = 1.0 if duration <= 0 else min(1.0, (now - t0) / duration)
+        return k, activated, start + alpha * (goal - start)
+
+    def _decelerate(self) -> np.ndarray:
+        """Keep moving the way the target moved, slowing at the acceleration limit, until at rest."""
+        if self.safety.last_sent is None:
+            return self.state.position
+        v = self.safety.last_velocity
+        brake = self.safety.limits.max_acceleration * self.period ** 2
+        slower = np.sign(v) * np.maximum(np.abs(v) - brake, 0.0)
+        return self.safety.last_sent + slower
+
+    def _hold_driver(self) -> None:
+        if not self.held:
+            self.held = True
+            try:
+                self.driver.hold()
+            except Exception as err:  # noqa: BLE001
+                self.events.append((self.clock.now(), f"driver_hold_error: {err}"))
