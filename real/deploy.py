@@ -9,15 +9,17 @@ run faster than real time and are reproducible, while inference latency is the m
 from __future__ import annotations
 
 import time
-from dataclasses import fields
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.table import Table
 
 from robopol.errors import ConfigError
+from robopol.schemas import StandinFaults
 
 from .clock import Clock, VirtualClock
 from .loop import DeployLoop, EpisodeReport, PolicyWorker
@@ -25,7 +27,7 @@ from .record import EpisodeRecorder
 from .safety import EStop, SafetyFilter, SafetyLimits
 from .scheduler import ChunkScheduler, check_rti_bounds
 from .servo import JointPositionMap, ServoConfig, ServoLoop
-from .standin import StandinFaults, StandinRobot
+from .standin import EffectorDeltaMap, StandinRobot
 
 console = Console(soft_wrap=True)
 
@@ -64,27 +66,26 @@ def safety_limits(robot: DictConfig, driver: Any = None) -> SafetyLimits:
                         **box)
 
 
-def standin_faults(robot: DictConfig) -> StandinFaults:
-    known = {f.name for f in fields(StandinFaults)}
-    unknown = sorted(set(robot.faults) - known)
-    if unknown:
-        raise ConfigError(f"robot.faults: unknown keys {unknown}; the stand-in injects {sorted(known)}")
-    return StandinFaults(**OmegaConf.to_container(robot.faults))
-
-
 def make_robot(robot: DictConfig, clock: Clock, task: DictConfig | None) -> Any:
     """The profile's driver; the stand-in gets the checkpoint's OGBench scene."""
-    from hydra.utils import get_class
-
     cls = get_class(robot.driver)
     if cls is StandinRobot:
         if task is None or "env_id" not in task:
             raise ConfigError("the stand-in robot is OGBench's arm: deploy a checkpoint trained on an OGBench "
                               f"manipulation task (cube_single, ...), got task {task.name if task else None}")
-        return StandinRobot(clock, env_id=task.env_id, task_id=task.get("task_id", 0), faults=standin_faults(robot))
-    if robot.faults:
+        return StandinRobot(clock, env_id=task.env_id, task_id=task.get("task_id", 0),
+                            faults=StandinFaults(**OmegaConf.to_container(robot.faults)))
+    if OmegaConf.to_container(robot.faults) != asdict(StandinFaults()):
         raise ConfigError(f"robot.faults is for the stand-in robot; '{robot.name}' is real hardware")
     return cls(clock=clock, **OmegaConf.to_container(robot.driver_args))
+
+
+def make_servo(robot_cfg: DictConfig, robot: Any, clock: Clock, estop: EStop | None = None) -> ServoLoop:
+    """The servo loop of a profile around a constructed driver."""
+    action_map = robot.action_map() if hasattr(robot, "action_map") else JointPositionMap(robot.dim)
+    limits = safety_limits(robot_cfg, robot)
+    return ServoLoop(robot, clock, SafetyFilter(limits, 1.0 / robot_cfg.control_rate_hz), action_map,
+                     servo_config(robot_cfg), estop or EStop())
 
 
 def deploy(cfg: DictConfig) -> list[EpisodeReport]:
@@ -94,42 +95,50 @@ def deploy(cfg: DictConfig) -> list[EpisodeReport]:
         raise ConfigError("robopol deploy needs ckpt=<run dir or checkpoint dir>, e.g. the output of robopol demo")
     if cfg.episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
-    if cfg.realtime:
-        from .process import deploy_realtime
-
-        return deploy_realtime(cfg)
+    torch.set_num_threads(cfg.policy_threads)
     actor, ckpt = load_actor(cfg.ckpt, cfg.device, sampler=cfg.sampler or None, seed=cfg.seed)
-    task = ckpt.config.get("task")
-    clock = VirtualClock()
-    robot = make_robot(cfg.robot, clock, task)
-    action_map = robot.action_map() if hasattr(robot, "action_map") else JointPositionMap(robot.dim)
-    action_dim = int(ckpt.manifest["action_dim"])
-    if action_dim != action_map.action_dim:
-        raise ConfigError(f"{ckpt.path}: the policy's actions have {action_dim} dims but robot '{cfg.robot.name}' "
-                          f"takes {action_map.action_dim}")
-    dt = cfg.dt or ckpt.manifest["env_spec"].get("dt") or getattr(robot, "action_dt", 0.0)
+    manifest, task = ckpt.manifest, ckpt.config.get("task")
+    action_dim, robot_cfg = int(manifest["action_dim"]), cfg.robot
+    command_dim = len(robot_cfg.joint_lower) + int(robot_cfg.gripper)
+    takes = EffectorDeltaMap.action_dim if get_class(robot_cfg.driver) is StandinRobot else command_dim
+    if action_dim != takes:
+        raise ConfigError(f"{ckpt.path}: the policy's actions have {action_dim} dims but robot '{robot_cfg.name}' "
+                          f"takes {takes}")
+    dt = cfg.dt or manifest["env_spec"].get("dt") or 0.0
+    if cfg.realtime:
+        from .process import RemoteRobot, RemoteServo
+
+        obs_shapes = {k: tuple(manifest["env_spec"]["observation"][k]) for k in manifest["obs_keys"]}
+        servo = RemoteServo(OmegaConf.to_container(robot_cfg, resolve=True),
+                            OmegaConf.to_container(task, resolve=True) if task is not None else None,
+                            command_dim, action_dim, obs_shapes)
+        robot: Any = RemoteRobot(servo, list(manifest["obs_keys"]))
+    else:
+        clock = VirtualClock()
+        robot = make_robot(robot_cfg, clock, task)
+        dt = dt or getattr(robot, "action_dt", 0.0)
+        servo = make_servo(robot_cfg, robot, clock)
     if dt <= 0:
+        servo.driver.stop()
         raise ConfigError(f"{ckpt.path} does not record the policy's control period: pass dt=<seconds per action>")
-    loop = build_loop(cfg, robot, clock, actor, action_map, dt, int(task.get("max_episode_steps", 0) or 0))
-    recorder = EpisodeRecorder(cfg.record, attrs={"task": task.name, "robot": cfg.robot.name,
+    loop = build_loop(cfg, robot, servo, actor, action_dim, dt, int(task.get("max_episode_steps", 0) or 0))
+    recorder = EpisodeRecorder(cfg.record, attrs={"task": task.name, "robot": robot_cfg.name,
                                                   "checkpoint": str(ckpt.path)}) if cfg.record else None
     return run_episodes(cfg, loop, recorder)
 
 
-def build_loop(cfg: DictConfig, robot: Any, clock: Clock, actor: Any, action_map: Any, dt: float,
+def build_loop(cfg: DictConfig, robot: Any, servo: Any, actor: Any, action_dim: int, dt: float,
                task_steps: int) -> DeployLoop:
-    """Servo, scheduler and policy worker around ``robot``; ``dt`` is the policy's control period."""
+    """Scheduler and policy worker around ``servo``; ``dt`` is the policy's control period."""
     steps_per_inference = cfg.steps_per_inference or actor.action_steps
     latency = None if cfg.inference_latency_s < 0 else cfg.inference_latency_s
     if cfg.strategy == "rti" and latency is not None:
         check_rti_bounds(int(np.ceil(latency / dt - 1e-9)), steps_per_inference, actor.horizon)
-    servo = ServoLoop(robot, clock, SafetyFilter(safety_limits(cfg.robot, robot), 1.0 / cfg.robot.control_rate_hz),
-                      action_map, servo_config(cfg.robot), EStop())
-    scheduler = ChunkScheduler(dt, action_map.action_dim, strategy=cfg.strategy, exec_latency=cfg.exec_latency_s,
+    scheduler = ChunkScheduler(dt, action_dim, strategy=cfg.strategy, exec_latency=cfg.exec_latency_s,
                                merge_weight=cfg.merge_weight, ensemble_decay=cfg.ensemble_decay)
     max_steps = cfg.max_steps or task_steps or 200
     return DeployLoop(robot, servo, scheduler, PolicyWorker(actor, latency), dt, max_steps, steps_per_inference,
-                      teleop=make_teleop(cfg.teleop, action_map.action_dim))
+                      teleop=make_teleop(cfg.teleop, action_dim))
 
 
 def make_teleop(kind: str, action_dim: int) -> Any:
@@ -145,35 +154,32 @@ def make_teleop(kind: str, action_dim: int) -> Any:
 
 
 def run_episodes(cfg: DictConfig, loop: DeployLoop, recorder: EpisodeRecorder | None) -> list[EpisodeReport]:
-    """Run ``cfg.episodes`` episodes, print a cycle report per episode and a summary, record if asked."""
+    """Run ``cfg.episodes`` episodes with a cycle report per episode and a summary; record if asked."""
     reports = []
-    table = Table("ep", "seed", "steps", "success", "fault", "takeovers", "rate_hz", "overruns", "late_p50_ms",
-                  "late_p99_ms", "infer_ms", "dropped", "over_budget", "x_realtime", title="robopol deploy")
     try:
         for i in range(cfg.episodes):
             if loop.servo.estop.triggered:
                 console.print(f"e-stop ({loop.servo.estop.reason}): not starting more episodes")
                 break
             if loop.servo.fault is not None and not cfg.robot.auto_rearm:
-                console.print(f"holding after '{loop.servo.fault}': auto_rearm is off for '{cfg.robot.name}', "
-                              "clear the cause and run again")
+                console.print(f"holding after '{loop.servo.fault}': auto_rearm is off for '{cfg.robot.name}'; clear "
+                              "the cause and run again")
                 break
-            stats_before = (loop.servo.stats.ticks, loop.servo.stats.overruns, len(loop.servo.stats.lateness),
-                            loop.scheduler.dropped, loop.scheduler.over_budget, len(loop.worker.latencies))
-            wall, sim_t0 = time.perf_counter(), loop.clock.now()
+            stats, scheduler = loop.servo.stats, loop.scheduler
+            before = (stats.ticks, stats.overruns, len(stats.lateness), scheduler.dropped, scheduler.over_budget,
+                      len(loop.worker.latencies))
+            wall, clock_t0 = time.perf_counter(), loop.clock.now()
             report = loop.run_episode(cfg.seed + i)
-            wall, sim = time.perf_counter() - wall, loop.clock.now() - sim_t0
-            stats = loop.servo.stats
-            late = np.asarray(stats.lateness[stats_before[2]:] or [0.0]) * 1e3
-            infer = np.asarray(loop.worker.latencies[stats_before[5]:] or [0.0]) * 1e3
-            ticks = stats.ticks - stats_before[0]
-            table.add_row(str(i), str(report.seed), str(report.steps), str(report.success), report.fault or "",
-                          str(report.takeovers), f"{ticks / max(sim, 1e-9):.0f}", str(stats.overruns - stats_before[1]),
-                          f"{np.percentile(late, 50):.3f}", f"{np.percentile(late, 99):.3f}", f"{infer.mean():.1f}",
-                          str(loop.scheduler.dropped - stats_before[3]),
-                          str(loop.scheduler.over_budget - stats_before[4]), f"{sim / max(wall, 1e-9):.1f}")
-            console.print(f"episode {i}: seed {report.seed}, {report.steps} steps, success {report.success}"
-                          + (f", fault {report.fault}" if report.fault else ""))
+            wall, seconds = time.perf_counter() - wall, loop.clock.now() - clock_t0
+            late = np.asarray(stats.lateness[before[2]:] or [0.0]) * 1e3
+            infer = np.asarray(loop.worker.latencies[before[5]:] or [0.0]) * 1e3
+            console.print(
+                f"episode {i}: seed {report.seed}, {report.steps} steps, success {report.success}"
+                + (f", fault '{report.fault}'" if report.fault else "") + f", takeovers {report.takeovers} | "
+                f"servo {(stats.ticks - before[0]) / max(seconds, 1e-9):.0f} Hz, overruns {stats.overruns - before[1]}, "
+                f"lateness p50 {np.percentile(late, 50):.3f} ms p99 {np.percentile(late, 99):.3f} ms | inference "
+                f"{infer.mean():.1f} ms | dropped {scheduler.dropped - before[3]}, over budget "
+                f"{scheduler.over_budget - before[4]} | {seconds / max(wall, 1e-9):.1f}x real time")
             if recorder is not None:
                 recorder.add(report.data, success=report.success, seed=report.seed, faulted=report.fault is not None,
                              takeovers=report.takeovers, safety_events=len(report.events),
@@ -185,7 +191,6 @@ def run_episodes(cfg: DictConfig, loop: DeployLoop, recorder: EpisodeRecorder | 
         loop.servo.driver.stop()
         if loop.teleop is not None:
             loop.teleop.close()
-    console.print(table)
     rate = np.mean([r.success for r in reports]) if reports else 0.0
     console.print(f"success {100 * rate:.1f}% over {len(reports)} episodes"
                   + (f"; recorded into {cfg.record}" if recorder is not None else ""))

@@ -117,8 +117,8 @@ class DeployLoop:
             grid_t = t0 + k * self.dt
             while self.clock.now() < grid_t - 1e-9:
                 self._deliver()
-                self._account(servo.tick(), steps)
-                servo.pace()
+                for info in servo.step():
+                    self._account(info, steps)
             if k > 0:
                 reward, success = robot.task_status()
                 steps[-1].update(reward=reward, terminal=success)
@@ -203,13 +203,9 @@ class DeployLoop:
         for flag in info.flags:
             step["flags"] |= FLAG_BITS.get(flag.split(":")[0], 0)
         if step["first"] is None:
-            traj = self.servo.trajectory
-            wp = info.waypoint
             step["first"] = {
-                "command": info.sent if info.sent is not None else np.full(self.servo.safety.limits.dim, np.nan),
-                "action": traj.actions[wp].copy() if wp is not None else None,
-                "chunk_id": int(traj.chunk_ids[wp]) if wp is not None else -1,
-                "chunk_index": int(traj.indices[wp]) if wp is not None else -1,
+                "command": info.sent if info.sent is not None else np.full(self.servo.command_dim, np.nan),
+                "action": info.action, "chunk_id": info.chunk_id, "chunk_index": info.chunk_index,
             }
 
     def _stack(self, steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -222,7 +218,7 @@ class DeployLoop:
         for key in obs_keys:
             out[key] = []
         for step in steps:
-            first = step["first"] or {"command": np.full(self.servo.safety.limits.dim, np.nan), "action": None,
+            first = step["first"] or {"command": np.full(self.servo.command_dim, np.nan), "action": None,
                                       "chunk_id": -1, "chunk_index": -1}
             human = step["human"]
             if human is not None:

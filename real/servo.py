@@ -97,6 +97,12 @@ class TickInfo:
     """Index into the trajectory of the waypoint in force (None: none, paused or holding)."""
     activated: bool
     """The waypoint came into force on this tick."""
+    action: np.ndarray | None = None
+    """The waypoint's action (policy space)."""
+    chunk_id: int = -1
+    """The waypoint's chunk (-1: none)."""
+    chunk_index: int = -1
+    """The waypoint's index in its chunk."""
 
 
 @dataclass
@@ -215,7 +221,21 @@ class ServoLoop:
             self.trip(f"driver_error: {err}")
         if self.fault is not None and np.all(np.abs(self.safety.last_velocity) < 1e-9):
             self._hold_driver()
-        return TickInfo(now, state, result.sent, result.flags, waypoint, activated)
+        if waypoint is None:
+            return TickInfo(now, state, result.sent, result.flags, None, activated)
+        traj = self.trajectory
+        return TickInfo(now, state, result.sent, result.flags, waypoint, activated, traj.actions[waypoint].copy(),
+                        int(traj.chunk_ids[waypoint]), int(traj.indices[waypoint]))
+
+    def step(self) -> list[TickInfo]:
+        """One tick, then sleep to the next deadline (the deploy loop's view of a servo, local or remote)."""
+        info = self.tick()
+        self.pace()
+        return [info]
+
+    @property
+    def command_dim(self) -> int:
+        return self.safety.limits.dim
 
     def pace(self) -> None:
         """Sleep until the next tick's deadline."""

@@ -19,36 +19,17 @@ state stream, a dead heartbeat and a protective stop.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import mujoco
 import numpy as np
 
+from robopol.schemas import StandinFaults
+
 from .clock import Clock
 from .driver import ProtectiveStop, RobotState
 
 GRIPPER_CTRL = 255.0  # OGBench's gripper actuator: ctrl = 255 * opening
-
-
-@dataclass
-class StandinFaults:
-    """Faults to inject, times in seconds since the episode started (0 / None: off)."""
-
-    state_latency_s: float = 0.0
-    """Each state sample reaches the loop this late (the driver still stamps it with its capture time)."""
-    jitter_s: float = 0.0
-    """Extra uniform random latency in [0, jitter_s] per read."""
-    drop_rate: float = 0.0
-    """Fraction of command packets silently lost."""
-    freeze_at_s: float | None = None
-    """The state stream stops updating from this time."""
-    heartbeat_dead_at_s: float | None = None
-    """The heartbeat reports the robot dead from this time."""
-    protective_stop_at_s: float | None = None
-    """The controller stops the arm from this time; commands raise ProtectiveStop."""
-    seed: int = 0
-    """Seed of the random faults."""
 
 
 class StandinRobot:

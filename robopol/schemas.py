@@ -229,6 +229,27 @@ class ALOEConfig(OfflineRLConfig):
 
 
 @dataclass
+class StandinFaults:
+    """Faults the MuJoCo stand-in robot injects (``robot.faults.*``); times in seconds since the episode
+    started, 0 / None: off."""
+
+    state_latency_s: float = 0.0
+    """Each state sample reaches the loop this late (the driver still stamps it with its capture time)."""
+    jitter_s: float = 0.0
+    """Extra uniform random latency in [0, jitter_s] per read."""
+    drop_rate: float = 0.0
+    """Fraction of command packets silently lost."""
+    freeze_at_s: float | None = None
+    """The state stream stops updating from this time."""
+    heartbeat_dead_at_s: float | None = None
+    """The heartbeat reports the robot dead from this time."""
+    protective_stop_at_s: float | None = None
+    """The controller stops the arm from this time; commands raise ProtectiveStop."""
+    seed: int = 0
+    """Seed of the random faults."""
+
+
+@dataclass
 class RobotConfig:
     """A robot profile: driver, rates, limits and watchdog bounds used by the control loop (``configs/robot/``)."""
 
@@ -278,8 +299,8 @@ class RobotConfig:
     """Hold after this many consecutive servo overruns."""
     auto_rearm: bool = False
     """Re-arm after a watchdog hold at the next episode without asking (stand-in only; never after an e-stop)."""
-    faults: dict[str, Any] = field(default_factory=dict)
-    """Faults to inject (stand-in robot: ``robopol.real.standin.StandinFaults`` fields)."""
+    faults: StandinFaults = field(default_factory=StandinFaults)
+    """Faults to inject (the stand-in robot only)."""
 
 
 # ------------------------------------------------------------------------------------- command parts
@@ -507,6 +528,8 @@ class DeployCommand:
     """Human takeover device: none | keyboard | spacemouse."""
     device: str = "cpu"
     """Torch device of the policy."""
+    policy_threads: int = 1
+    """Torch CPU threads of the policy (more spin against the servo process on small machines)."""
 
 
 @dataclass
