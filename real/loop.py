@@ -94,7 +94,8 @@ class DeployLoop:
         self.teleop, self.takeover = teleop, takeover or Takeover()
         self.on_step = on_step
         self._chunk_id = 0
-        self._latency_of: dict[int, float] = {}
+        self.chunks: dict[int, tuple[float, float]] = {}
+        """Every planned chunk: id -> (observation time, latency)."""
 
     def run_episode(self, seed: int) -> EpisodeReport:
         robot, servo, scheduler, worker = self.robot, self.servo, self.scheduler, self.worker
@@ -156,7 +157,7 @@ class DeployLoop:
             self.servo.events.append((now, f"policy_worker_error: {err}"))
             return
         self._chunk_id += 1
-        self._latency_of[self._chunk_id] = latency
+        self.chunks[self._chunk_id] = (now, latency)
         chunk = Chunk(actions, obs_t=now, chunk_id=self._chunk_id, epoch=self.scheduler.epoch, latency=latency)
         self._in_flight = (chunk, now + latency)
 
@@ -237,7 +238,8 @@ class DeployLoop:
             out["intervention"].append(source == SOURCE_HUMAN)
             out["chunk_id"].append(first["chunk_id"])
             out["chunk_index"].append(first["chunk_index"])
-            out["latency"].append(self._latency_of.get(first["chunk_id"], 0.0) if source == SOURCE_POLICY else 0.0)
+            planned = self.chunks.get(first["chunk_id"], (0.0, 0.0))
+            out["latency"].append(planned[1] if source == SOURCE_POLICY else 0.0)
             out["safety_flags"].append(step["flags"])
             out["reward"].append(step.get("reward", 0.0))
             out["terminal"].append(step.get("terminal", False))

@@ -103,6 +103,8 @@ class TickInfo:
     """The waypoint's chunk (-1: none)."""
     chunk_index: int = -1
     """The waypoint's index in its chunk."""
+    requested: np.ndarray | None = None
+    """The target asked of the safety filter (before its limits)."""
 
 
 @dataclass
@@ -137,6 +139,7 @@ class ServoLoop:
         self.held = False
         self.paused = False
         self.next_deadline: float | None = None
+        self._grid: tuple[float, int] | None = None  # (t0, k): the next deadline is t0 + k * period
         self._policy_seen: float | None = None
         self._active: tuple[float, int, int] | None = None  # (time, chunk id, index) of the waypoint in force
         self._ramp: tuple[np.ndarray, np.ndarray, float, float] | None = None  # start, goal, t0, duration
@@ -222,10 +225,10 @@ class ServoLoop:
         if self.fault is not None and np.all(np.abs(self.safety.last_velocity) < 1e-9):
             self._hold_driver()
         if waypoint is None:
-            return TickInfo(now, state, result.sent, result.flags, None, activated)
+            return TickInfo(now, state, result.sent, result.flags, None, activated, requested=requested)
         traj = self.trajectory
         return TickInfo(now, state, result.sent, result.flags, waypoint, activated, traj.actions[waypoint].copy(),
-                        int(traj.chunk_ids[waypoint]), int(traj.indices[waypoint]))
+                        int(traj.chunk_ids[waypoint]), int(traj.indices[waypoint]), requested)
 
     def step(self) -> list[TickInfo]:
         """One tick, then sleep to the next deadline (the deploy loop's view of a servo, local or remote)."""
@@ -244,15 +247,15 @@ class ServoLoop:
 
     def run(self, duration: float) -> None:
         """Tick at the configured rate for ``duration`` seconds of clock time."""
-        end = self.clock.now() + duration
+        end = self.clock.now() + duration - 1e-9  # a deadline round-off short of the end is the end
         while self.clock.now() < end:
             self.tick()
             self.pace()
 
     # ---------------------------------------------------------------------------------- parts
     def _pace_accounting(self, now: float) -> None:
-        if self.next_deadline is None:
-            self.next_deadline = now
+        if self.next_deadline is None or self._grid is None:
+            self.next_deadline, self._grid = now, (now, 0)
         lateness = now - self.next_deadline
         self.stats.ticks += 1
         self.stats.lateness.append(max(lateness, 0.0))
@@ -262,7 +265,9 @@ class ServoLoop:
             self._streak += 1
         else:
             self._streak = 0
-        self.next_deadline += (missed + 1) * self.period
+        t0, k = self._grid
+        self._grid = (t0, k + missed + 1)
+        self.next_deadline = t0 + (k + missed + 1) * self.period  # absolute: no round-off creeps in
 
     def _watchdogs(self, now: float, state: RobotState) -> None:
         cfg = self.config

@@ -456,7 +456,7 @@ class BenchCommand:
     """``robopol bench SUITE``: measure speed, print a table, write JSON."""
 
     suite: str = MISSING
-    """What to benchmark: data, sim, policy, inference or offline."""
+    """What to benchmark: data, sim, policy, inference, offline or control."""
     out_dir: str = "runs/bench"
     """Where the JSON results go."""
     quick: bool = False
@@ -489,6 +489,14 @@ class BenchCommand:
     """offline: further train overrides for every run (e.g. paper-scale network widths)."""
     jobs: int = 1
     """offline: runs trained side by side in worker processes (one torch thread each); 1 trains them here, in turn."""
+    seconds: float = 60.0
+    """control: duration of the servo soak at 500 Hz (quick: 2 s)."""
+    latencies: list[float] = field(default_factory=list)
+    """control: injected inference latencies (s) for the merge strategies; empty: 0, 0.05, 0.1, 0.2, 0.3."""
+    strategies: list[str] = field(default_factory=lambda: ["replace", "queue_merge", "temporal_ensemble", "rti"])
+    """control: chunk merge strategies to compare."""
+    switch: float = 0.2
+    """control: probability per chunk that the scripted policy switches mode."""
 
 
 @dataclass

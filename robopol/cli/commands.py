@@ -183,7 +183,7 @@ def _data_replay(cfg: DictConfig) -> None:
 def bench_command(cfg: DictConfig) -> None:
     suites: dict[str, Callable[[DictConfig], object]] = {
         "data": _bench_data, "sim": _bench_sim, "policy": _bench_policy, "inference": _bench_inference,
-        "offline": _bench_offline,
+        "offline": _bench_offline, "control": _bench_control,
     }
     planned = ("sim", "policy", "inference", "offline", "control", "online", "scale")
     if cfg.suite in planned and cfg.suite not in suites:
@@ -197,6 +197,13 @@ def _bench_data(cfg: DictConfig) -> None:
     from robopol.data.bench import bench_data
 
     bench_data(n_steps=50_000 if cfg.quick else 1_000_000, seconds=0.5 if cfg.quick else 3.0, out_dir=cfg.out_dir)
+
+
+def _bench_control(cfg: DictConfig) -> None:
+    from robopol.real.bench import bench_control
+
+    bench_control(cfg.out_dir, quick=cfg.quick, seconds=cfg.seconds, latencies=list(cfg.latencies),
+                  strategies=list(cfg.strategies), switch=cfg.switch)
 
 
 def _bench_sim(cfg: DictConfig) -> None:
