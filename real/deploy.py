@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from tqdm import tqdm
 
 from robopol.errors import ConfigError
 from robopol.schemas import StandinFaults
@@ -105,6 +107,9 @@ def deploy(cfg: DictConfig) -> list[EpisodeReport]:
         raise ConfigError(f"{ckpt.path}: the policy's actions have {action_dim} dims but robot '{robot_cfg.name}' "
                           f"takes {takes}")
     dt = cfg.dt or manifest["env_spec"].get("dt") or 0.0
+    if not cfg.realtime and get_class(robot_cfg.driver) is not StandinRobot:
+        raise ConfigError(f"robot '{robot_cfg.name}' is hardware and runs on the wall clock: pass realtime=true "
+                          "(lockstep on a virtual clock is for the stand-in robot)")
     if cfg.realtime:
         from .process import RemoteRobot, RemoteServo
 
@@ -153,6 +158,18 @@ def make_teleop(kind: str, action_dim: int) -> Any:
     raise ConfigError(f"teleop must be none, keyboard or spacemouse, got '{kind}'")
 
 
+def _live_report(bar: tqdm, loop: DeployLoop, before: tuple, step: int) -> None:
+    """The running cycle report: servo rate and lateness, inference latency, dropped actions."""
+    bar.update(1)
+    if step % 10:
+        return
+    stats = loop.servo.stats
+    late = np.asarray(stats.lateness[-500:] or [0.0]) * 1e3
+    bar.set_postfix(overruns=stats.overruns - before[1], late_p99_ms=f"{np.percentile(late, 99):.3f}",
+                    infer_ms=f"{1e3 * np.mean(loop.worker.latencies[-10:] or [0.0]):.1f}",
+                    dropped=loop.scheduler.dropped - before[3])
+
+
 def run_episodes(cfg: DictConfig, loop: DeployLoop, recorder: EpisodeRecorder | None) -> list[EpisodeReport]:
     """Run ``cfg.episodes`` episodes with a cycle report per episode and a summary; record if asked."""
     reports = []
@@ -169,7 +186,9 @@ def run_episodes(cfg: DictConfig, loop: DeployLoop, recorder: EpisodeRecorder | 
             before = (stats.ticks, stats.overruns, len(stats.lateness), scheduler.dropped, scheduler.over_budget,
                       len(loop.worker.latencies))
             wall, clock_t0 = time.perf_counter(), loop.clock.now()
-            report = loop.run_episode(cfg.seed + i)
+            with tqdm(total=loop.max_steps, desc=f"episode {i}", unit="step", leave=False) as bar:
+                loop.on_step = partial(_live_report, bar, loop, before)
+                report = loop.run_episode(cfg.seed + i)
             wall, seconds = time.perf_counter() - wall, loop.clock.now() - clock_t0
             late = np.asarray(stats.lateness[before[2]:] or [0.0]) * 1e3
             infer = np.asarray(loop.worker.latencies[before[5]:] or [0.0]) * 1e3
