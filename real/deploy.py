@@ -99,6 +99,11 @@ def deploy(cfg: DictConfig) -> list[EpisodeReport]:
         raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
     torch.set_num_threads(cfg.policy_threads)
     actor, ckpt = load_actor(cfg.ckpt, cfg.device, sampler=cfg.sampler or None, seed=cfg.seed)
+    if cfg.strategy == "rti" and actor.rti is None:
+        raise ConfigError("strategy=rti hands RTI's warm start over between chunks: pass sampler=rti too")
+    if actor.rti is not None and cfg.strategy not in ("rti", "replace"):
+        raise ConfigError(f"sampler=rti warm-starts from the chunk the robot executed, which strategy={cfg.strategy} "
+                          "blends away: use strategy=rti")
     manifest, task = ckpt.manifest, ckpt.config.get("task")
     action_dim, robot_cfg = int(manifest["action_dim"]), cfg.robot
     command_dim = len(robot_cfg.joint_lower) + int(robot_cfg.gripper)

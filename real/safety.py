@@ -16,9 +16,10 @@ The filter is independent of the policy and of the scheduler: it sees only the r
    full speed);
 8. joint limits with margin (hard).
 
-Guarantees (property-tested): the sent target is inside the limits with margin, moves at most
-``max_velocity * dt`` per tick, and is within ``max_relative`` of the measured state or closer to it than
-the last sent target was. The filter returns what it actually sent and the names of the stages that acted.
+Guarantees (property-tested): the sent target is inside the limits with margin and moves at most
+``max_velocity * dt`` per tick; unless the filter is latched, it is also within ``max_relative`` of the
+measured state or closer to it than the last sent target was (a latched filter repeats the last safe target
+and the servo loop holds the robot there). The filter returns what it actually sent and the names of the stages that acted.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import numpy as np
 from robopol.errors import ConfigError
 
 STRATEGIES = ("replace", "queue_merge", "temporal_ensemble", "rti")
+TIME_TOLERANCE = 1e-6  # s
 
 
 @dataclass
@@ -65,8 +66,10 @@ class Trajectory:
         return len(self.times)
 
     def active(self, t: float) -> int | None:
-        """Index of the waypoint in force at ``t`` (the last one due), None before the first."""
-        k = int(np.searchsorted(self.times, t, side="right")) - 1
+        """Index of the waypoint in force at ``t`` (the last one due), None before the first. A waypoint due
+        within ``TIME_TOLERANCE`` of ``t`` counts as due: ticks and waypoints sit on grids built by repeated
+        float addition."""
+        k = int(np.searchsorted(self.times, t + TIME_TOLERANCE, side="right")) - 1
         return k if k >= 0 else None
 
     @property

@@ -5,7 +5,8 @@
 the transition that happened, if any, for the deploy loop to act on:
 
 - ``"pause"``: the human grabbed the device; inference pauses, pending chunks and the policy's warm-start /
-  ensemble state are dropped and the robot holds for ``pause_steps`` steps, so the hand-over starts from rest;
+  ensemble state are dropped and the robot holds for ``pause_steps`` steps (at least one), so the hand-over
+  starts from rest;
 - ``"correct"``: the human's actions now drive the robot (recorded with ``intervention=1``);
 - ``"release"``: the human let go for ``release_steps`` consecutive steps; the policy re-plans from the
   current state and the safety filter's rate limits ramp the robot onto its new chunk.
@@ -20,8 +21,8 @@ class Takeover:
     """The takeover state machine, one ``update`` per control step."""
 
     def __init__(self, pause_steps: int = 1, release_steps: int = 3) -> None:
-        if pause_steps < 0 or release_steps < 1:
-            raise ValueError(f"need pause_steps >= 0 and release_steps >= 1, got {pause_steps}, {release_steps}")
+        if pause_steps < 1 or release_steps < 1:
+            raise ValueError(f"need pause_steps >= 1 and release_steps >= 1, got {pause_steps}, {release_steps}")
         self.pause_steps, self.release_steps = pause_steps, release_steps
         self.reset()
 

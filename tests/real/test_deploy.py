@@ -44,7 +44,7 @@ class ScriptedActor:
         self.plans += 1
         if self.fail_at is not None and self.plans >= self.fail_at:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return self.scale * self.rng.uniform(-1, 1, size=(1, self.horizon, 5))
+        return (self.scale * self.rng.uniform(-1, 1, size=(1, self.horizon, 5))).astype(np.float32)  # as a policy
 
 
 class CommandLog:
@@ -117,6 +117,22 @@ def test_a_policy_emitting_nan_latches_the_filter_and_holds():
     report = loop.run_episode(seed=0)
     assert report.fault == "safety: nan" and loop.servo.held
     assert log.violations(loop.servo.safety.limits, loop.servo.period) == []
+
+
+def test_lockstep_with_zero_latency_and_open_limits_reproduces_the_simulator_exactly():
+    from robopol.sim.ogbench_tasks import OGBenchSim
+
+    wide = ["robot.max_joint_velocity=[1e4,1e4,1e4,1e4,1e4,1e4]", "robot.gripper_max_velocity=1e4",
+            "robot.max_joint_acceleration=[1e6,1e6,1e6,1e6,1e6,1e6]", "robot.max_relative=10", "robot.jump_fault=10"]
+    loop, _ = make("inference_latency_s=0.0", "exec_latency_s=0.0", *wide, actor=ScriptedActor(scale=0.5))
+    report = loop.run_episode(seed=5)
+    data = report.data
+    assert (data["source"] == 0).all() and report.steps == 40
+    sim = OGBenchSim("cube-single-v0", 1)
+    np.testing.assert_array_equal(sim.reset(5)["observation"], data["observation"][0])
+    for k in range(report.steps - 1):
+        obs = sim.step(data["action"][k]).obs["observation"]
+        np.testing.assert_allclose(obs, data["observation"][k + 1], atol=1e-6, err_msg=f"step {k}")
 
 
 @pytest.mark.parametrize(("fault", "reason"), [("robot.faults.freeze_at_s=0.5", "stale_state"),
