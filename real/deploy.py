@@ -55,7 +55,7 @@ def safety_limits(robot: DictConfig, driver: Any = None) -> SafetyLimits:
         lower, upper = lower + [0.0], upper + [1.0]
         velocity += [robot.gripper_max_velocity]
         acceleration += [robot.gripper_max_velocity * robot.control_rate_hz]  # the gripper may start at once
-        relative, jump = relative + [1.0], jump + [1.5]
+        relative, jump = relative + [2.0], jump + [2.0]  # any opening is reachable: the range is only [0, 1]
     box = {}
     if robot.workspace_low:
         if driver is None or not hasattr(driver, "forward_kinematics"):
@@ -131,6 +131,7 @@ def deploy(cfg: DictConfig) -> list[EpisodeReport]:
     if dt <= 0:
         servo.driver.stop()
         raise ConfigError(f"{ckpt.path} does not record the policy's control period: pass dt=<seconds per action>")
+    servo.estop.on_signal()  # `kill -USR1 <pid>` from another terminal latches the e-stop
     loop = build_loop(cfg, robot, servo, actor, action_dim, dt, int(task.get("max_episode_steps", 0) or 0))
     recorder = EpisodeRecorder(cfg.record, attrs={"task": task.name, "robot": robot_cfg.name,
                                                   "checkpoint": str(ckpt.path)}) if cfg.record else None
@@ -147,8 +148,10 @@ def build_loop(cfg: DictConfig, robot: Any, servo: Any, actor: Any, action_dim: 
     scheduler = ChunkScheduler(dt, action_dim, strategy=cfg.strategy, exec_latency=cfg.exec_latency_s,
                                merge_weight=cfg.merge_weight, ensemble_decay=cfg.ensemble_decay)
     max_steps = cfg.max_steps or task_steps or 200
+    gripper_dim = len(cfg.robot.joint_lower) if cfg.robot.gripper else None
     return DeployLoop(robot, servo, scheduler, PolicyWorker(actor, latency), dt, max_steps, steps_per_inference,
-                      teleop=make_teleop(cfg.teleop, action_dim))
+                      teleop=make_teleop(cfg.teleop, action_dim), gripper_dim=gripper_dim,
+                      gripper_close_action=cfg.robot.gripper_close_action)
 
 
 def make_teleop(kind: str, action_dim: int) -> Any:

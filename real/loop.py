@@ -86,13 +86,18 @@ class DeployLoop:
     def __init__(self, robot: Any, servo: ServoLoop, scheduler: ChunkScheduler, worker: PolicyWorker,
                  dt: float, max_steps: int, steps_per_inference: int | None = None,
                  teleop: Teleop | None = None, takeover: Takeover | None = None,
-                 on_step: Callable[[int], None] | None = None) -> None:
+                 on_step: Callable[[int], None] | None = None, gripper_dim: int | None = None,
+                 gripper_close_action: float = 1.0) -> None:
+        """``gripper_dim``: index of the gripper opening (1 = open) in the robot state, and
+        ``gripper_close_action`` the action value that closes it: a teleoperator taking over starts with the
+        hand as it is (a takeover mid-grasp must not drop the object)."""
         self.robot, self.servo, self.scheduler, self.worker = robot, servo, scheduler, worker
         self.clock = servo.clock
         self.dt, self.max_steps = dt, max_steps
         self.steps_per_inference = steps_per_inference or worker.action_steps
         self.teleop, self.takeover = teleop, takeover or Takeover()
         self.on_step = on_step
+        self.gripper_dim, self.gripper_close_action = gripper_dim, gripper_close_action
         self._chunk_id = 0
         self.chunks: dict[int, tuple[float, float]] = {}
         """Every planned chunk: id -> (observation time, latency)."""
@@ -176,6 +181,10 @@ class DeployLoop:
             self.servo.estop.trigger("teleop key")
         transition = self.takeover.update(cmd.engaged)
         if transition == "pause":
+            state = self.servo.state
+            if self.gripper_dim is not None and hasattr(self.teleop, "gripper") and state is not None:
+                closed = state.position[self.gripper_dim] < 0.5
+                self.teleop.gripper = self.gripper_close_action * (1.0 if closed else -1.0)
             self.scheduler.reset()
             self.worker.reset()
             self.worker.observe(obs)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .clock import RealClock
+from .driver import RobotState
 from .record import FLAG_BITS
 from .safety import EStop
 from .scheduler import Trajectory
@@ -228,6 +229,14 @@ class RemoteServo:
         for ring in (self.state_ring, self.plan_ring):
             ring.close()
             ring.unlink()
+
+    @property
+    def state(self) -> RobotState | None:
+        """The newest robot state the servo process published."""
+        rec = self.latest
+        if rec is None:
+            return None
+        return RobotState(float(rec["t"]), rec["position"], rec["velocity"], int(rec["seq"]))
 
     @property
     def driver(self) -> RemoteServo:

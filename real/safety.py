@@ -151,7 +151,7 @@ class SafetyFilter:
         clipped = np.clip(limited, -step_v, step_v)
         if not np.allclose(clipped, limited):
             flags.append("velocity")
-        target = last + clipped
+        target = np.where(clipped == step, target, last + clipped)  # untouched dims pass through bit-exact
         # the measured-relative box, intersected with what this tick's velocity allows
         low = np.maximum(measured - lim.max_relative, last - step_v)
         high = np.minimum(measured + lim.max_relative, last + step_v)

@@ -7,7 +7,8 @@ environment, built from the files the ``ogbench`` package ships; the stand-in on
 class is a lockstep robot under a ``VirtualClock`` (one 2 ms physics step per 500 Hz tick, faster than real
 time) and a real-time robot under a ``RealClock``.
 
-Commands are the six joint position targets (rad) and the gripper opening in [0, 1]. ``EffectorDeltaMap``
+Commands are the six joint position targets (rad) and the gripper opening in [0, 1] (1 = open; OGBench's
+own "gripper opening" feature counts the other way). ``EffectorDeltaMap``
 turns the policy's OGBench action (end-effector delta, yaw delta, gripper delta) into such a target with
 OGBench's own inverse kinematics against the state when the action comes into force, which is exactly what
 the simulator the policy was trained in does.
@@ -29,7 +30,9 @@ from robopol.schemas import StandinFaults
 from .clock import Clock
 from .driver import ProtectiveStop, RobotState
 
-GRIPPER_CTRL = 255.0  # OGBench's gripper actuator: ctrl = 255 * opening
+# The Robotiq 2F-85 driver joint runs from 0 (open) to 0.8 (closed) and its actuator from 0 to 255 (closed);
+# the driver protocol's gripper value is the opening, 1 = open.
+GRIPPER_CTRL, GRIPPER_CLOSED_Q = 255.0, 0.8
 
 
 class StandinRobot:
@@ -106,7 +109,7 @@ class StandinRobot:
         if target.shape != (self.dim,):
             raise ValueError(f"stand-in robot: command must have {self.dim} values, got shape {target.shape}")
         self.data.ctrl[self._arm] = target[:6]
-        self.data.ctrl[self._gripper] = GRIPPER_CTRL * np.clip(target[6], 0.0, 1.0)
+        self.data.ctrl[self._gripper] = GRIPPER_CTRL * (1.0 - np.clip(target[6], 0.0, 1.0))
 
     def hold(self) -> None:
         self._advance()
@@ -158,8 +161,8 @@ class StandinRobot:
 
     def _record_sample(self) -> None:
         self._seq += 1
-        position = np.append(self.data.qpos[self._arm_q], self.data.qpos[self._gripper_q] / 0.8)
-        velocity = np.append(self.data.qvel[self._arm_q], self.data.qvel[self._gripper_q] / 0.8)
+        position = np.append(self.data.qpos[self._arm_q], 1.0 - self.data.qpos[self._gripper_q] / GRIPPER_CLOSED_Q)
+        velocity = np.append(self.data.qvel[self._arm_q], -self.data.qvel[self._gripper_q] / GRIPPER_CLOSED_Q)
         self._samples.append((self._t0 + self._steps * self.physics_dt, position, velocity, self._seq))
 
     def _sample_at(self, t: float) -> RobotState:
@@ -193,7 +196,7 @@ class EffectorDeltaMap:
         saved = data.ctrl.copy()
         try:
             env.set_control(np.clip(action, -1.0, 1.0))
-            target = np.append(data.ctrl[self.robot._arm], data.ctrl[self.robot._gripper] / GRIPPER_CTRL)
+            target = np.append(data.ctrl[self.robot._arm], 1.0 - data.ctrl[self.robot._gripper] / GRIPPER_CTRL)
         finally:
             data.ctrl[:] = saved
         return target

@@ -5,9 +5,9 @@ HIL-SERL's takeover rule (``robopol.real.teleop.engaged``): the human acts while
 band or a button is held. Idle polls return a zero action with ``engaged=False``.
 
 The gripper is a latched toggle: each press of space (keyboard) or the left button (SpaceMouse) flips
-``gripper`` between +1 (open) and -1 (close), and engaged polls carry it on the gripper dim. It starts open
-(+1); a caller taking over a grasp should set ``teleop.gripper = -1.0`` first, or the first engaged poll
-opens the hand.
+``gripper`` between +1 and -1, and engaged polls carry it on the gripper dim (which sign closes the hand is
+the action space's convention: in OGBench's, +1 closes). It starts at +1; the deploy loop sets it from the
+measured hand when a takeover starts (``robot.gripper_close_action``), so taking over a grasp keeps it.
 
 Keyboard timing: a terminal reports key *presses*, never key holds, so a press drives its axis at full
 ``step`` for ``hold_s`` seconds of loop time (the ``t`` given to ``poll``) and the axis then drops back to

@@ -281,6 +281,9 @@ class RobotConfig:
     """The command ends with a gripper opening in [0, 1]."""
     gripper_max_velocity: float = 25.0
     """Largest gripper opening speed of the command (1/s)."""
+    gripper_close_action: float = 1.0
+    """The policy's gripper action value that closes the hand (OGBench: +1); a teleop takeover starts there
+    when the hand is closed, so that taking over a grasp does not drop the object."""
     workspace_low: list[float] = field(default_factory=list)
     """Lower corner of the effector workspace box (m); empty: no box (needs driver forward kinematics)."""
     workspace_high: list[float] = field(default_factory=list)

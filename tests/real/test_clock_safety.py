@@ -131,7 +131,7 @@ def test_passes_a_request_within_every_limit():
     filt = SafetyFilter(limits(), DT)
     filt.start(np.zeros(2))
     out = step(filt, [0.005, -0.01])
-    np.testing.assert_allclose(out.sent, [0.005, -0.01])
+    np.testing.assert_array_equal(out.sent, [0.005, -0.01])
     assert out.flags == ()
     np.testing.assert_allclose(filt.last_velocity, [0.005, -0.01])
     out.sent[:] = 7.0  # the result is a copy
@@ -232,6 +232,15 @@ def test_fault_latch_holds_the_last_safe_target_until_rearm(bad, reason):
     out = step(filt, last_safe + 0.005)
     np.testing.assert_allclose(out.sent, last_safe + 0.005)
     assert out.flags == ()
+
+
+def test_an_unclipped_dim_passes_bit_exact_while_another_is_clipped():
+    lim = limits(lower=[-5, -5], upper=[5, 5], max_velocity=[1e3, 1.0], max_relative=[10, 10], jump_fault=[10, 10])
+    filt = SafetyFilter(lim, DT)
+    filt.start(np.array([3.0, 0.0]))
+    out = step(filt, [0.001, 0.015])  # dim 1 asks for 1.5x its max velocity
+    assert out.sent[0] == 0.001  # not last + (requested - last) = 0.0009999999999998899
+    assert out.sent[1] == pytest.approx(DT) and out.flags == ("velocity",)
 
 
 def test_first_call_starts_from_the_measured_state():
