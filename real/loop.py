@@ -8,7 +8,8 @@ scheduler then, stamped from ``T_k``; in between the servo keeps executing what 
 steps the servo loop ticks at its own rate. Under a ``VirtualClock`` this is a lockstep simulation of the
 real timeline: deterministic, and faster than real time with the stand-in robot.
 
-A planning failure (a worker crash) stops new chunks and heartbeats: the servo's command-freshness and
+An episode ends at the task's success, after ``max_steps``, when the servo holds after a fault, or when
+the operator says so on the teleoperator. A planning failure (a worker crash) stops new chunks and heartbeats: the servo's command-freshness and
 policy-heartbeat watchdogs bring the robot to a decelerating hold. Every control step is recorded (see
 ``robopol.real.record``).
 """
@@ -115,8 +116,9 @@ class DeployLoop:
             servo.restart()
         self._in_flight: tuple[Chunk, float] | None = None
         self._worker_alive = True
+        self._operator_done = False
         t0 = self.clock.now()
-        last_plan: tuple[int, float] | None = None
+        last_plan: int | None = None  # control step of the latest plan
         steps: list[dict[str, Any]] = []
         success, k = False, 0
         while True:
@@ -130,7 +132,7 @@ class DeployLoop:
                 steps[-1].update(reward=reward, terminal=success)
                 if self.on_step is not None:
                     self.on_step(k)
-                if success or k >= self.max_steps or servo.held:
+                if success or k >= self.max_steps or servo.held or self._operator_done:
                     break
             now = self.clock.now()
             obs = robot.observe()
@@ -138,20 +140,17 @@ class DeployLoop:
             human = self._teleop(now, obs)
             if self.takeover.mode == AUTONOMOUS and self._worker_alive:
                 servo.policy_heartbeat(now)
-                due = last_plan is None or k - last_plan[0] >= self.steps_per_inference
+                due = last_plan is None or k - last_plan >= self.steps_per_inference
                 if due and self._in_flight is None:
-                    shift = None if last_plan is None else k - last_plan[0]
-                    self._start_inference(now, shift)
-                    last_plan = (k, now)
+                    self._start_inference(now, None if last_plan is None else k - last_plan)
+                    last_plan = k
             elif self.takeover.mode != AUTONOMOUS:
                 last_plan = None
             self._deliver()
             steps.append({"obs": obs, "human": human, "first": None, "flags": 0})
             k += 1
-        fault = servo.fault
-        data = self._stack(steps[:k])
-        return EpisodeReport(seed=seed, steps=len(steps), success=bool(success), fault=fault,
-                             takeovers=self.takeover.takeovers, events=list(servo.events), data=data)
+        return EpisodeReport(seed=seed, steps=len(steps), success=bool(success), fault=servo.fault,
+                             takeovers=self.takeover.takeovers, events=list(servo.events), data=self._stack(steps))
 
     # ---------------------------------------------------------------------------------- parts
     def _start_inference(self, now: float, shift: int | None) -> None:
@@ -179,6 +178,7 @@ class DeployLoop:
         cmd = self.teleop.poll(now)
         if cmd.estop:
             self.servo.estop.trigger("teleop key")
+        self._operator_done = self._operator_done or cmd.done
         transition = self.takeover.update(cmd.engaged)
         if transition == "pause":
             state = self.servo.state

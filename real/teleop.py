@@ -47,20 +47,22 @@ def engaged(action: np.ndarray, buttons: bool, deadband: float) -> bool:
 
 
 class ScriptedTeleop:
-    """Replays ``script(t) -> action or None`` (None: hands off); the e-stop fires at ``estop_at`` seconds."""
+    """Replays ``script(t) -> action or None`` (None: hands off); the e-stop fires at ``estop_at`` seconds and
+    the operator ends the episode at ``done_at``."""
 
     def __init__(self, action_dim: int, script: Callable[[float], np.ndarray | None] | None = None,
-                 estop_at: float | None = None) -> None:
+                 estop_at: float | None = None, done_at: float | None = None) -> None:
         self.action_dim = action_dim
         self.script = script or (lambda t: None)
-        self.estop_at = estop_at
+        self.estop_at, self.done_at = estop_at, done_at
 
     def poll(self, t: float) -> TeleopInput:
         action = self.script(t)
         estop = self.estop_at is not None and t >= self.estop_at
+        done = self.done_at is not None and t >= self.done_at
         if action is None:
-            return TeleopInput(np.zeros(self.action_dim, dtype=np.float32), engaged=False, estop=estop)
-        return TeleopInput(np.asarray(action, dtype=np.float32), engaged=True, estop=estop)
+            return TeleopInput(np.zeros(self.action_dim, dtype=np.float32), engaged=False, estop=estop, done=done)
+        return TeleopInput(np.asarray(action, dtype=np.float32), engaged=True, estop=estop, done=done)
 
     def close(self) -> None:
         pass

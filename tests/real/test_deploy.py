@@ -221,6 +221,12 @@ def test_taking_over_a_closed_hand_keeps_it_closed():
     assert loop.robot.read_state().position[6] < 0.5  # still closed at the end
 
 
+def test_the_operator_ends_an_episode_from_the_teleop():
+    loop, _ = make("inference_latency_s=0.0", actor=ScriptedActor(scale=0.3), teleop=ScriptedTeleop(5, done_at=0.5))
+    report = loop.run_episode(seed=0)
+    assert report.steps == 11 and report.fault is None and not report.success
+
+
 def test_estop_from_the_teleop_latches_until_released_and_rearmed():
     loop, _ = make("inference_latency_s=0.0", actor=ScriptedActor(scale=0.3), teleop=ScriptedTeleop(5, estop_at=0.3))
     report = loop.run_episode(seed=0)
