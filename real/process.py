@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .clock import RealClock
-from .driver import RobotState
+from .driver import DriverError, RobotState
 from .record import FLAG_BITS
 from .safety import EStop
 from .scheduler import Trajectory
@@ -69,7 +69,11 @@ def servo_main(robot_cfg: dict, task: dict | None, state_name: str, plan_name: s
 
     cfg = OmegaConf.create(robot_cfg)
     clock = RealClock()
-    robot = make_robot(cfg, clock, OmegaConf.create(task) if task else None)
+    try:
+        robot = make_robot(cfg, clock, OmegaConf.create(task) if task else None)
+    except Exception as err:  # noqa: BLE001 - the policy process reports it
+        replies.put(("ready", f"{type(err).__name__}: {err}"))
+        return
     state_ring, plan_ring = SharedRingBuffer.attach(state_name), SharedRingBuffer.attach(plan_name)
     servo = make_servo(cfg, robot, clock, EStop(estop_flag))
     action_dim = servo.action_map.action_dim
@@ -295,10 +299,10 @@ class RemoteServo:
             for got, error in self._collect_replies():
                 if got == kind:
                     if error:
-                        raise RuntimeError(f"servo process: {kind} failed: {error}")
+                        raise DriverError(f"servo process: {kind} failed: {error}")
                     return
             if not self.process.is_alive():
-                raise RuntimeError(f"the servo process exited (code {self.process.exitcode}) before '{kind}'")
+                raise DriverError(f"the servo process exited (code {self.process.exitcode}) before '{kind}'")
             time.sleep(0.002)
         raise TimeoutError(f"the servo process did not answer '{kind}' within {timeout_s} s")
 

@@ -25,6 +25,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
+from robopol.errors import ConfigError
 from robopol.schemas import StandinFaults
 
 from .clock import Clock
@@ -51,6 +52,10 @@ class StandinRobot:
         self.physics_dt = float(self.model.opt.timestep)
         self.action_dt = float(self.env._control_timestep)
         self.faults = faults or StandinFaults()
+        f = self.faults
+        if not 0.0 <= f.drop_rate < 1.0 or f.state_latency_s < 0 or f.jitter_s < 0:
+            raise ConfigError(f"robot.faults: drop_rate must be in [0, 1) and the latencies >= 0, got drop_rate "
+                              f"{f.drop_rate}, state_latency_s {f.state_latency_s}, jitter_s {f.jitter_s}")
         self._arm = np.asarray(self.env._arm_actuator_ids)
         self._gripper = int(np.asarray(self.env._gripper_actuator_ids).ravel()[0])
         self._arm_q = np.asarray(self.env._arm_joint_ids)

@@ -284,3 +284,7 @@ def test_realtime_deploy_runs_the_servo_in_its_own_process(cube_checkpoint):
                    check=True)
     assert "episode 0: seed 0, 10 steps" in proc.stdout
     assert set(glob.glob("/dev/shm/rp_*")) == before  # both shared-memory segments were unlinked
+    # a driver that cannot start in the servo process is one line naming the cause, and nothing leaks
+    proc = run_cli("deploy", f"ckpt={root / 'run'}", "realtime=true", "robot.faults.drop_rate=2", cwd=root)
+    assert proc.returncode == 2 and "servo process: ready failed" in proc.stderr
+    assert set(glob.glob("/dev/shm/rp_*")) == before
