@@ -97,6 +97,9 @@ def deploy(cfg: DictConfig) -> list[EpisodeReport]:
         raise ConfigError("robopol deploy needs ckpt=<run dir or checkpoint dir>, e.g. the output of robopol demo")
     if cfg.episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
+    if cfg.teleop != "none" and not cfg.realtime:
+        raise ConfigError(f"teleop={cfg.teleop} puts a human in the loop: pass realtime=true (lockstep runs on a "
+                          "virtual clock, several times faster than real time)")
     torch.set_num_threads(cfg.policy_threads)
     actor, ckpt = load_actor(cfg.ckpt, cfg.device, sampler=cfg.sampler or None, seed=cfg.seed)
     if cfg.strategy == "rti" and actor.rti is None:

@@ -262,6 +262,8 @@ def test_deploy_cli_completes_episodes_and_its_recording_trains_aloe(cube_checkp
                    check=True)
     assert "episode 1: seed 1, 15 steps" in proc.stdout and f"recorded into {store}" in proc.stdout
     assert "servo 500 Hz" in proc.stdout
+    proc = run_cli("deploy", f"ckpt={root / 'run'}", "teleop=keyboard", cwd=root)
+    assert proc.returncode == 2 and "teleop=keyboard puts a human in the loop: pass realtime=true" in proc.stderr
     assert validate_store(str(store)) == []
     with EpisodeStore.open(str(store)) as episodes:
         assert len(episodes) == 2 and episodes.n_steps == 30
