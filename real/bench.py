@@ -68,7 +68,7 @@ def servo_soak(seconds: float) -> dict[str, Any]:
     from .process import RemoteServo
 
     cfg = _deploy_cfg()
-    servo = RemoteServo(OmegaConf.to_container(cfg.robot, resolve=True), STANDIN_SCENE, 7, 5, {})
+    servo = RemoteServo(OmegaConf.to_container(cfg.robot, resolve=True), STANDIN_SCENE, DT, 7, 5, {})
     try:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -90,7 +90,7 @@ def end_to_end(seconds: float) -> dict[str, Any]:
     from .process import RemoteRobot, RemoteServo
 
     cfg = _deploy_cfg("realtime=true")
-    servo = RemoteServo(OmegaConf.to_container(cfg.robot, resolve=True), STANDIN_SCENE, 7, 5,
+    servo = RemoteServo(OmegaConf.to_container(cfg.robot, resolve=True), STANDIN_SCENE, DT, 7, 5,
                         {"observation": (28,)})
     first_command: dict[int, float] = {}
     step = servo.step

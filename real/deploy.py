@@ -68,13 +68,22 @@ def safety_limits(robot: DictConfig, driver: Any = None) -> SafetyLimits:
                         **box)
 
 
+def state_latency(robot: DictConfig) -> float:
+    """The cell's state latency (s): the driver's calibrated receive latency, or the stand-in's injected one."""
+    return float(robot.driver_args.get("receive_latency_s", robot.faults.state_latency_s))
+
+
+def check_standin_task(task: DictConfig | None) -> None:
+    if task is None or "env_id" not in task:
+        raise ConfigError("the stand-in robot is OGBench's arm: deploy a checkpoint trained on an OGBench "
+                          f"manipulation task (cube_single, ...), got task {task.name if task else None}")
+
+
 def make_robot(robot: DictConfig, clock: Clock, task: DictConfig | None) -> Any:
     """The profile's driver; the stand-in gets the checkpoint's OGBench scene."""
     cls = get_class(robot.driver)
     if cls is StandinRobot:
-        if task is None or "env_id" not in task:
-            raise ConfigError("the stand-in robot is OGBench's arm: deploy a checkpoint trained on an OGBench "
-                              f"manipulation task (cube_single, ...), got task {task.name if task else None}")
+        check_standin_task(task)
         return StandinRobot(clock, env_id=task.env_id, task_id=task.get("task_id", 0),
                             faults=StandinFaults(**OmegaConf.to_container(robot.faults)))
     if OmegaConf.to_container(robot.faults) != asdict(StandinFaults()):
@@ -115,29 +124,41 @@ def deploy(cfg: DictConfig) -> list[EpisodeReport]:
         raise ConfigError(f"{ckpt.path}: the policy's actions have {action_dim} dims but robot '{robot_cfg.name}' "
                           f"takes {takes}")
     dt = cfg.dt or manifest["env_spec"].get("dt") or 0.0
-    if not cfg.realtime and get_class(robot_cfg.driver) is not StandinRobot:
+    standin = get_class(robot_cfg.driver) is StandinRobot
+    if not cfg.realtime and not standin:
         raise ConfigError(f"robot '{robot_cfg.name}' is hardware and runs on the wall clock: pass realtime=true "
                           "(lockstep on a virtual clock is for the stand-in robot)")
+    if cfg.teleop != "none" and not standin:
+        raise ConfigError(f"teleop={cfg.teleop} sends end-effector deltas (OGBench's action layout) but robot "
+                          f"'{robot_cfg.name}' takes joint positions")
+    if standin:
+        check_standin_task(task)
+    elif robot_cfg.auto_rearm:
+        raise ConfigError(f"robot '{robot_cfg.name}': auto_rearm is for the stand-in robot; a person re-arms hardware")
     if cfg.realtime:
         from .process import RemoteRobot, RemoteServo
 
+        if dt <= 0:
+            raise ConfigError(f"{ckpt.path} does not record the policy's control period: pass dt=<seconds per "
+                              "action>")
         obs_shapes = {k: tuple(manifest["env_spec"]["observation"][k]) for k in manifest["obs_keys"]}
         servo = RemoteServo(OmegaConf.to_container(robot_cfg, resolve=True),
-                            OmegaConf.to_container(task, resolve=True) if task is not None else None,
+                            OmegaConf.to_container(task, resolve=True) if task is not None else None, dt,
                             command_dim, action_dim, obs_shapes)
         robot: Any = RemoteRobot(servo, list(manifest["obs_keys"]))
     else:
         clock = VirtualClock()
         robot = make_robot(robot_cfg, clock, task)
-        dt = dt or getattr(robot, "action_dt", 0.0)
+        dt = dt or robot.action_dt
         servo = make_servo(robot_cfg, robot, clock)
-    if dt <= 0:
+    try:
+        servo.estop.on_signal()  # `kill -USR1 <pid>` from another terminal latches the e-stop
+        loop = build_loop(cfg, robot, servo, actor, action_dim, dt, int(task.get("max_episode_steps", 0) or 0))
+        recorder = EpisodeRecorder(cfg.record, attrs={"task": task.name, "robot": robot_cfg.name,
+                                                      "checkpoint": str(ckpt.path)}) if cfg.record else None
+    except BaseException:
         servo.driver.stop()
-        raise ConfigError(f"{ckpt.path} does not record the policy's control period: pass dt=<seconds per action>")
-    servo.estop.on_signal()  # `kill -USR1 <pid>` from another terminal latches the e-stop
-    loop = build_loop(cfg, robot, servo, actor, action_dim, dt, int(task.get("max_episode_steps", 0) or 0))
-    recorder = EpisodeRecorder(cfg.record, attrs={"task": task.name, "robot": robot_cfg.name,
-                                                  "checkpoint": str(ckpt.path)}) if cfg.record else None
+        raise
     return run_episodes(cfg, loop, recorder)
 
 
@@ -154,7 +175,7 @@ def build_loop(cfg: DictConfig, robot: Any, servo: Any, actor: Any, action_dim: 
     gripper_dim = len(cfg.robot.joint_lower) if cfg.robot.gripper else None
     return DeployLoop(robot, servo, scheduler, PolicyWorker(actor, latency), dt, max_steps, steps_per_inference,
                       teleop=make_teleop(cfg.teleop, action_dim), gripper_dim=gripper_dim,
-                      gripper_close_action=cfg.robot.gripper_close_action)
+                      gripper_close_action=cfg.robot.gripper_close_action, auto_rearm=cfg.robot.auto_rearm)
 
 
 def make_teleop(kind: str, action_dim: int) -> Any:
@@ -189,10 +210,6 @@ def run_episodes(cfg: DictConfig, loop: DeployLoop, recorder: EpisodeRecorder | 
             if loop.servo.estop.triggered:
                 console.print(f"e-stop ({loop.servo.estop.reason}): not starting more episodes")
                 break
-            if loop.servo.fault is not None and not cfg.robot.auto_rearm:
-                console.print(f"holding after '{loop.servo.fault}': auto_rearm is off for '{cfg.robot.name}'; clear "
-                              "the cause and run again")
-                break
             stats, scheduler = loop.servo.stats, loop.scheduler
             before = (stats.ticks, stats.overruns, len(stats.lateness), scheduler.dropped, scheduler.over_budget,
                       len(loop.worker.latencies))
@@ -214,7 +231,7 @@ def run_episodes(cfg: DictConfig, loop: DeployLoop, recorder: EpisodeRecorder | 
                 recorder.add(report.data, success=report.success, seed=report.seed, faulted=report.fault is not None,
                              takeovers=report.takeovers, safety_events=len(report.events),
                              intervened_steps=int(report.data["intervention"].sum()),
-                             state_latency_s=float(cfg.robot.faults.get("state_latency_s", 0.0)),
+                             state_latency_s=state_latency(cfg.robot),
                              exec_latency_s=cfg.exec_latency_s, inference_latency_s=float(infer.mean() / 1e3))
             reports.append(report)
     finally:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .driver import DriverError
 from .record import FLAG_BITS, SOURCE_HUMAN, SOURCE_NONE, SOURCE_POLICY
 from .scheduler import Chunk, ChunkScheduler, Trajectory
 from .servo import ServoLoop, TickInfo
@@ -43,10 +44,6 @@ class PolicyWorker:
         self.actor = actor
         self.latency = (lambda: float(latency)) if isinstance(latency, (int, float)) else latency
         self.latencies: list[float] = []
-
-    @property
-    def horizon(self) -> int:
-        return self.actor.horizon
 
     @property
     def action_steps(self) -> int:
@@ -88,10 +85,11 @@ class DeployLoop:
                  dt: float, max_steps: int, steps_per_inference: int | None = None,
                  teleop: Teleop | None = None, takeover: Takeover | None = None,
                  on_step: Callable[[int], None] | None = None, gripper_dim: int | None = None,
-                 gripper_close_action: float = 1.0) -> None:
+                 gripper_close_action: float = 1.0, auto_rearm: bool = False) -> None:
         """``gripper_dim``: index of the gripper opening (1 = open) in the robot state, and
         ``gripper_close_action`` the action value that closes it: a teleoperator taking over starts with the
-        hand as it is (a takeover mid-grasp must not drop the object)."""
+        hand as it is (a takeover mid-grasp must not drop the object). ``auto_rearm``: leave a watchdog hold
+        at the next episode without asking (never after an e-stop, which ``rearm`` refuses)."""
         self.robot, self.servo, self.scheduler, self.worker = robot, servo, scheduler, worker
         self.clock = servo.clock
         self.dt, self.max_steps = dt, max_steps
@@ -99,6 +97,7 @@ class DeployLoop:
         self.teleop, self.takeover = teleop, takeover or Takeover()
         self.on_step = on_step
         self.gripper_dim, self.gripper_close_action = gripper_dim, gripper_close_action
+        self.auto_rearm = auto_rearm
         self._chunk_id = 0
         self.chunks: dict[int, tuple[float, float]] = {}
         """Every planned chunk: id -> (observation time, latency)."""
@@ -111,6 +110,9 @@ class DeployLoop:
         self.takeover.reset()
         servo.events.clear()
         if servo.fault is not None:
+            if not self.auto_rearm:
+                raise DriverError(f"the robot is holding after '{servo.fault}' and auto_rearm is off: clear the "
+                                  "cause, then deploy again")
             servo.rearm()
         else:
             servo.restart()
@@ -136,34 +138,36 @@ class DeployLoop:
                     break
             now = self.clock.now()
             obs = robot.observe()
+            obs_t = robot.obs_t  # the capture time: chunks are stamped from it
             worker.observe(obs)
             human = self._teleop(now, obs)
             if self.takeover.mode == AUTONOMOUS and self._worker_alive:
                 servo.policy_heartbeat(now)
                 due = last_plan is None or k - last_plan >= self.steps_per_inference
                 if due and self._in_flight is None:
-                    self._start_inference(now, None if last_plan is None else k - last_plan)
+                    self._start_inference(obs_t, None if last_plan is None else k - last_plan)
                     last_plan = k
             elif self.takeover.mode != AUTONOMOUS:
                 last_plan = None
             self._deliver()
             steps.append({"obs": obs, "human": human, "first": None, "flags": 0})
             k += 1
+        servo.pause()  # hold still until the next episode starts
         return EpisodeReport(seed=seed, steps=len(steps), success=bool(success), fault=servo.fault,
                              takeovers=self.takeover.takeovers, events=list(servo.events), data=self._stack(steps))
 
     # ---------------------------------------------------------------------------------- parts
-    def _start_inference(self, now: float, shift: int | None) -> None:
+    def _start_inference(self, obs_t: float, shift: int | None) -> None:
         try:
             actions, latency = self.worker.plan(shift)
         except Exception as err:  # noqa: BLE001 - a crashed worker must leave the robot holding, not moving
             self._worker_alive = False
-            self.servo.events.append((now, f"policy_worker_error: {err}"))
+            self.servo.events.append((obs_t, f"policy_worker_error: {err}"))
             return
         self._chunk_id += 1
-        self.chunks[self._chunk_id] = (now, latency)
-        chunk = Chunk(actions, obs_t=now, chunk_id=self._chunk_id, epoch=self.scheduler.epoch, latency=latency)
-        self._in_flight = (chunk, now + latency)
+        self.chunks[self._chunk_id] = (obs_t, latency)
+        chunk = Chunk(actions, obs_t=obs_t, chunk_id=self._chunk_id, epoch=self.scheduler.epoch)
+        self._in_flight = (chunk, obs_t + latency)
 
     def _deliver(self) -> None:
         if self._in_flight is not None and self.clock.now() >= self._in_flight[1] - 1e-9:

@@ -41,7 +41,7 @@ MAX_WAYPOINTS = 64
 
 def state_spec(dim: int, action_dim: int, obs_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple]:
     spec: dict[str, tuple] = {
-        "tick": ((), np.int64), "t": ((), np.float64), "lateness": ((), np.float64), "overruns": ((), np.int64),
+        "tick": ((), np.int64), "t": ((), np.float64), "state_t": ((), np.float64), "lateness": ((), np.float64), "overruns": ((), np.int64),
         "position": ((dim,), np.float64), "velocity": ((dim,), np.float64), "seq": ((), np.int64),
         "sent": ((dim,), np.float64), "has_sent": ((), np.bool_), "flags": ((), np.uint16),
         "action": ((action_dim,), np.float64), "has_action": ((), np.bool_), "chunk_id": ((), np.int64),
@@ -55,31 +55,41 @@ def state_spec(dim: int, action_dim: int, obs_shapes: dict[str, tuple[int, ...]]
 
 
 def plan_spec(action_dim: int) -> dict[str, tuple]:
-    return {"version": ((), np.int64), "n": ((), np.int64), "times": ((MAX_WAYPOINTS,), np.float64),
+    return {"n": ((), np.int64), "times": ((MAX_WAYPOINTS,), np.float64),
             "actions": ((MAX_WAYPOINTS, action_dim), np.float64), "chunk_ids": ((MAX_WAYPOINTS,), np.int64),
             "indices": ((MAX_WAYPOINTS,), np.int64), "paused": ((), np.bool_), "heartbeat": ((), np.float64)}
 
 
-def servo_main(robot_cfg: dict, task: dict | None, state_name: str, plan_name: str, requests: Any, replies: Any,
-               estop_flag: Any) -> None:
-    """Entry point of the servo process."""
+def servo_main(robot_cfg: dict, task: dict | None, dt: float, state_name: str, plan_name: str, requests: Any,
+               replies: Any, estop_flag: Any) -> None:
+    """Entry point of the servo process; ``dt`` is the policy's control period (the task's reward and success
+    are evaluated once per period, as the simulator does)."""
     from omegaconf import OmegaConf
 
     from .deploy import make_robot, make_servo
 
     cfg = OmegaConf.create(robot_cfg)
     clock = RealClock()
+    robot = state_ring = plan_ring = None
     try:
         robot = make_robot(cfg, clock, OmegaConf.create(task) if task else None)
-    except Exception as err:  # noqa: BLE001 - the policy process reports it
+        state_ring, plan_ring = SharedRingBuffer.attach(state_name), SharedRingBuffer.attach(plan_name)
+        servo = make_servo(cfg, robot, clock, EStop(estop_flag))
+        obs_keys = [k[4:] for k in state_ring.spec if k.startswith("obs/")]
+        has_task = hasattr(robot, "observe") and hasattr(robot, "task_status")
+        missing = [] if has_task else [k for k in obs_keys if k not in robot.read_state().obs]
+        if missing:
+            raise KeyError(f"the policy observes {missing} but robot '{cfg.name}' provides "
+                           f"{sorted(robot.read_state().obs)}")
+    except Exception as err:  # noqa: BLE001 - the policy process reports it; nothing may stay connected
         replies.put(("ready", f"{type(err).__name__}: {err}"))
+        for thing in (robot, state_ring, plan_ring):
+            if thing is not None:
+                getattr(thing, "stop", getattr(thing, "close", None))()
         return
-    state_ring, plan_ring = SharedRingBuffer.attach(state_name), SharedRingBuffer.attach(plan_name)
-    servo = make_servo(cfg, robot, clock, EStop(estop_flag))
     action_dim = servo.action_map.action_dim
-    obs_keys = [k[4:] for k in state_ring.spec if k.startswith("obs/")]
-    has_task = hasattr(robot, "observe") and hasattr(robot, "task_status")
     plan_seen, episode, reported, ticks = 0, 0, 0, 0
+    reward, success, next_status = 0.0, False, clock.now() + dt
     try:
         replies.put(("ready", None))
         while True:
@@ -92,8 +102,10 @@ def servo_main(robot_cfg: dict, task: dict | None, state_name: str, plan_name: s
             if request is not None:
                 try:
                     if request == "reset":
-                        robot.reset(int(arg))
+                        if hasattr(robot, "reset"):  # hardware: the operator resets the scene
+                            robot.reset(int(arg))
                         episode += 1
+                        reward, success, next_status = 0.0, False, clock.now() + dt
                     elif request == "rearm":
                         servo.rearm()
                     elif request == "restart":
@@ -108,33 +120,39 @@ def servo_main(robot_cfg: dict, task: dict | None, state_name: str, plan_name: s
                     if not servo.paused:
                         servo.pause()
                 else:
-                    servo.paused = False
+                    if servo.paused:
+                        servo.resume()
                     servo.set_trajectory(Trajectory(plan["times"][:n], plan["actions"][:n], plan["chunk_ids"][:n],
                                                     plan["indices"][:n]))
                 if plan["heartbeat"] > 0:
                     servo.policy_heartbeat(float(plan["heartbeat"]))
             info = servo.tick()
             ticks += 1
+            for event in servo.events[reported:]:  # before the record that shows the fault
+                replies.put(("event", event))
+            reported = len(servo.events)
             record = {"tick": ticks, "t": info.t, "lateness": servo.stats.lateness[-1],
                       "overruns": servo.stats.overruns, "fault": servo.fault is not None, "held": servo.held,
                       "episode": episode, "flags": np.uint16(_flag_bits(info.flags)), "has_sent": info.sent is not None,
                       "sent": info.sent if info.sent is not None else np.zeros(robot.dim),
                       "action": info.action if info.action is not None else np.zeros(action_dim),
-                      "has_action": info.action is not None,
-                      "chunk_id": info.chunk_id, "chunk_index": info.chunk_index, "reward": 0.0, "success": False}
+                      "has_action": info.action is not None, "chunk_id": info.chunk_id,
+                      "chunk_index": info.chunk_index}
             state = info.state
-            record.update(position=state.position if state else np.zeros(robot.dim),
+            record.update(state_t=state.t if state else info.t,
+                          position=state.position if state else np.zeros(robot.dim),
                           velocity=state.velocity if state else np.zeros(robot.dim), seq=state.seq if state else 0)
-            if has_task and obs_keys:
-                obs = robot.observe()
-                record.update({f"obs/{k}": obs[k] for k in obs_keys})
-                record["reward"], record["success"] = robot.task_status()
-            elif obs_keys:
+            if has_task:
+                if info.t >= next_status:
+                    reward, success = robot.task_status()
+                    next_status += dt
+                if obs_keys:
+                    obs = robot.observe()
+                    record.update({f"obs/{k}": obs[k] for k in obs_keys})
+            elif obs_keys and state is not None:
                 record.update({f"obs/{k}": state.obs[k] for k in obs_keys})
+            record.update(reward=reward, success=success)
             state_ring.put(record)
-            for event in servo.events[reported:]:
-                replies.put(("event", event))
-            reported = len(servo.events)
             servo.stats.lateness.clear()  # the policy process keeps the history
             servo.pace()
     finally:
@@ -150,8 +168,10 @@ def _flag_bits(flags: tuple[str, ...]) -> int:
 class RemoteServo:
     """The policy process's handle on the servo process (the deploy loop's ``servo``)."""
 
-    def __init__(self, robot_cfg: dict, task: dict | None, command_dim: int, action_dim: int,
+    def __init__(self, robot_cfg: dict, task: dict | None, dt: float, command_dim: int, action_dim: int,
                  obs_shapes: dict[str, tuple[int, ...]], read_budget_s: float = 1.0, start_timeout_s: float = 60.0):
+        """``dt``: the policy's control period; ``read_budget_s``: how long the policy process may go without
+        reading the state ring (an inference) before ticks are lost from its statistics."""
         rate = float(robot_cfg["control_rate_hz"])
         self.clock = RealClock(spin_s=0.0)  # the policy process need not spin
         self.period = 1.0 / rate
@@ -159,14 +179,14 @@ class RemoteServo:
         self.max_read = ring_capacity(rate, read_budget_s, 1)
         suffix = uuid.uuid4().hex[:10]
         self.state_ring = SharedRingBuffer.create(state_spec(command_dim, action_dim, obs_shapes),
-                                                  self.max_read + 2, name=f"rp_state_{suffix}")
+                                                  self.max_read + 17, name=f"rp_state_{suffix}")
         self.plan_ring = SharedRingBuffer.create(plan_spec(action_dim), 8, name=f"rp_plan_{suffix}")
         ctx = mp.get_context("spawn")
         self.requests, self.replies = ctx.Queue(), ctx.Queue()
         self.estop = EStop(ctx.Event())
         self.process = ctx.Process(target=servo_main, name="robopol-servo", daemon=True,
-                                   args=(robot_cfg, task, self.state_ring.name, self.plan_ring.name, self.requests,
-                                         self.replies, self.estop.flag))
+                                   args=(robot_cfg, task, dt, self.state_ring.name, self.plan_ring.name,
+                                         self.requests, self.replies, self.estop.flag))
         self.stats = ServoStats()
         self.events: list[tuple[float, str]] = []
         self.fault: str | None = None
@@ -175,7 +195,6 @@ class RemoteServo:
         self.latest: dict[str, np.ndarray] | None = None
         self._trajectory = Trajectory.empty(action_dim)
         self._heartbeat = 0.0
-        self._version = 0
         self._last_tick = 0
         self._infos: list[TickInfo] = []
         self._stopped = False
@@ -188,8 +207,8 @@ class RemoteServo:
 
     # ---------------------------------------------------------------------------------- the servo view
     def set_trajectory(self, trajectory: Trajectory) -> None:
-        if len(trajectory) > MAX_WAYPOINTS:
-            trajectory = trajectory.select(np.arange(len(trajectory)) >= len(trajectory) - MAX_WAYPOINTS)
+        if len(trajectory) > MAX_WAYPOINTS:  # the scheduler trims to the waypoint in force: keep the nearest
+            trajectory = trajectory.select(np.arange(len(trajectory)) < MAX_WAYPOINTS)
         self._trajectory, self.paused = trajectory, False
         self._publish()
 
@@ -200,6 +219,7 @@ class RemoteServo:
     def pause(self) -> None:
         self.paused = True
         self._trajectory = Trajectory.empty(self.action_dim)
+        self._heartbeat = 0.0  # the servo ignores the heartbeat while paused; resume() restarts it
         self._publish()
 
     def resume(self) -> None:
@@ -207,11 +227,18 @@ class RemoteServo:
         self._publish()
 
     def restart(self) -> None:
+        self._forget_plan()
         self._request("restart")
 
     def rearm(self) -> None:
+        self._forget_plan()
         self._request("rearm")
         self.fault, self.held = None, False
+
+    def _forget_plan(self) -> None:
+        """An empty, unpaused plan without heartbeat, so nothing of the last episode is ever re-sent."""
+        self._trajectory, self._heartbeat, self.paused = Trajectory.empty(self.action_dim), 0.0, False
+        self._publish()
 
     def step(self) -> list[TickInfo]:
         """Sleep about one servo period, then fold in every tick the servo process made since the last call."""
@@ -225,14 +252,17 @@ class RemoteServo:
         if self._stopped:
             return
         self._stopped = True
-        self.requests.put(("stop", None))
-        self.process.join(timeout=10.0)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=5.0)
-        for ring in (self.state_ring, self.plan_ring):
-            ring.close()
-            ring.unlink()
+        try:
+            if self.process.pid is not None:  # started
+                self.requests.put(("stop", None))
+                self.process.join(timeout=10.0)
+                if self.process.is_alive():
+                    self.process.terminate()
+                    self.process.join(timeout=5.0)
+        finally:
+            for ring in (self.state_ring, self.plan_ring):
+                ring.close()
+                ring.unlink()
 
     @property
     def state(self) -> RobotState | None:
@@ -254,17 +284,18 @@ class RemoteServo:
         times, actions = np.zeros(MAX_WAYPOINTS), np.zeros((MAX_WAYPOINTS, self.action_dim))
         ids, indices = np.zeros(MAX_WAYPOINTS, dtype=np.int64), np.zeros(MAX_WAYPOINTS, dtype=np.int64)
         times[:n], actions[:n], ids[:n], indices[:n] = traj.times, traj.actions, traj.chunk_ids, traj.indices
-        self._version += 1
-        self.plan_ring.put({"version": self._version, "n": n, "times": times, "actions": actions, "chunk_ids": ids,
+        self.plan_ring.put({"n": n, "times": times, "actions": actions, "chunk_ids": ids,
                             "indices": indices, "paused": self.paused, "heartbeat": self._heartbeat})
 
     def _drain(self) -> None:
         """Read the ticks the servo made since the last read into the pending infos and the statistics."""
         self._collect_replies()
-        new = min(self.state_ring.count - self._last_tick, self.max_read)
+        count = self.state_ring.count
+        new = min(count - self._last_tick, self.max_read)
         if new <= 0:
             return
-        records = self.state_ring.get_last_k(new)
+        # a few more than counted: ticks written meanwhile must not push the oldest unread ones out of the read
+        records = self.state_ring.get_last_k(min(new + 16, count, self.state_ring.capacity - 1))
         for i in np.flatnonzero(records["tick"] > self._last_tick):
             rec = {k: v[i] for k, v in records.items()}
             self.stats.ticks += 1
@@ -278,8 +309,8 @@ class RemoteServo:
             self.latest = rec
         self._last_tick = int(records["tick"][-1])
         self.held = bool(self.latest["held"])
-        if self.latest["fault"] and self.fault is None:
-            self.fault = next((reason for _, reason in reversed(self.events)), "fault")
+        if self.latest["fault"]:  # the servo's trip is its newest event (queued before the record)
+            self.fault = self.events[-1][1] if self.events else "fault"
 
     def _collect_replies(self) -> list[tuple[str, Any]]:
         replies = []
@@ -325,6 +356,7 @@ class RemoteRobot:
 
     def observe(self) -> dict[str, np.ndarray]:
         rec = self._fresh()
+        self.obs_t = float(rec["state_t"])
         return {k: np.asarray(rec[f"obs/{k}"]) for k in self.obs_keys}
 
     def task_status(self) -> tuple[float, bool]:

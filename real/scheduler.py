@@ -45,8 +45,6 @@ class Chunk:
     """Increasing id, recorded with every step it produced."""
     epoch: int = 0
     """The scheduler epoch it was planned in."""
-    latency: float = 0.0
-    """Observation-to-ready time (s), recorded."""
 
 
 @dataclass

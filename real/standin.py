@@ -83,6 +83,7 @@ class StandinRobot:
         """The task observation now (OGBench's state vector), as the policy was trained on it."""
         self._advance()
         mujoco.mj_rnePostConstraint(self.model, self.data)  # contact forces: the gripper-contact feature
+        self.obs_t = self.clock.now()
         return self.sim._obs(self.env.compute_observation())
 
     def task_status(self) -> tuple[float, bool]:

@@ -282,11 +282,32 @@ def test_deploy_cli_completes_episodes_and_its_recording_trains_aloe(cube_checkp
 def test_realtime_deploy_runs_the_servo_in_its_own_process(cube_checkpoint):
     root = cube_checkpoint
     before = set(glob.glob("/dev/shm/rp_*"))
-    proc = run_cli("deploy", f"ckpt={root / 'run'}", "episodes=1", "max_steps=10", "realtime=true", cwd=root,
+    proc = run_cli("deploy", f"ckpt={root / 'run'}", "episodes=2", "max_steps=10", "realtime=true", cwd=root,
                    check=True)
-    assert "episode 0: seed 0, 10 steps" in proc.stdout
+    assert "episode 0: seed 0, 10 steps" in proc.stdout and "episode 1: seed 1, 10 steps" in proc.stdout
+    assert "fault" not in proc.stdout  # nothing of episode 0 leaks into episode 1
     assert set(glob.glob("/dev/shm/rp_*")) == before  # both shared-memory segments were unlinked
     # a driver that cannot start in the servo process is one line naming the cause, and nothing leaks
     proc = run_cli("deploy", f"ckpt={root / 'run'}", "realtime=true", "robot.faults.drop_rate=2", cwd=root)
     assert proc.returncode == 2 and "servo process: ready failed" in proc.stderr
     assert set(glob.glob("/dev/shm/rp_*")) == before
+
+
+def test_realtime_takeover_longer_than_the_policy_timeout_and_a_second_episode():
+    from robopol.real.process import RemoteRobot, RemoteServo
+
+    cfg = compose("deploy", ["ckpt=unused", "realtime=true", "inference_latency_s=0.0"])
+    servo = RemoteServo(OmegaConf.to_container(cfg.robot, resolve=True), OmegaConf.to_container(CUBE), DT, 7, 5,
+                        {"observation": (28,)})
+    try:
+        teleop = ScriptedTeleop(5, lambda t: np.array([0.3, 0, 0, 0, 0]) if 0.2 <= t - start < 1.6 else None)
+        loop = build_loop(cfg, RemoteRobot(servo, ["observation"]), servo, ScriptedActor(scale=0.3), 5, DT, 40)
+        loop.teleop = teleop
+        start = servo.clock.now()
+        first = loop.run_episode(seed=0)
+        start = servo.clock.now() + 10.0  # no takeover in the second episode
+        second = loop.run_episode(seed=1)
+    finally:
+        servo.stop()
+    assert first.fault is None and first.takeovers == 1 and first.data["intervention"].sum() >= 20, first.events
+    assert second.fault is None and second.steps == 40 and not second.data["intervention"].any(), second.events
