@@ -3,23 +3,26 @@
 The filter is independent of the policy and of the scheduler: it sees only the requested target, the
 *measured* state and what it sent last tick. Stages, in order:
 
-1. fault latch: once latched, it sends the last safe target until ``rearm()``;
+1. fault latch: once latched, the request is ignored and the target decelerates to rest from its current
+   motion (at the acceleration limit), until ``rearm()``;
 2. shape / NaN check -> latch;
 3. jump fault: a request further than ``jump_fault`` from the last sent target (RL-100's 50 mm / 45 deg
    guard) -> latch;
-4. workspace box on the forward kinematics of the request (when the profile gives one) -> keep the last
-   safe target this tick;
-5. acceleration (soft): the change of per-tick velocity is limited to ``max_acceleration * dt**2``;
-6. velocity (hard): ``|sent - last_sent| <= max_velocity * dt``;
-7. measured-relative cap (LeRobot's ``max_relative_target``): ``|sent - measured| <= max_relative``,
+4. acceleration (soft): the per-tick motion may speed up by at most ``max_acceleration * dt**2``; slowing
+   down is never limited, so the command never overshoots the request;
+5. velocity (hard): ``|sent - last_sent| <= max_velocity * dt``;
+6. measured-relative cap (LeRobot's ``max_relative_target``): ``|sent - measured| <= max_relative``,
    intersected with the velocity box (when they do not meet, the target moves toward the measured state at
    full speed);
-8. joint limits with margin (hard).
+7. joint limits with margin (hard);
+8. workspace box on the forward kinematics of the final target (when the profile gives one): a target that
+   would leave it keeps the last safe target, so the effector stops at the boundary.
 
-Guarantees (property-tested): the sent target is inside the limits with margin and moves at most
-``max_velocity * dt`` per tick; unless the filter is latched, it is also within ``max_relative`` of the
-measured state or closer to it than the last sent target was (a latched filter repeats the last safe target
-and the servo loop holds the robot there). The filter returns what it actually sent and the names of the stages that acted.
+Guarantees (property-tested): the sent target is inside the limits with margin (and inside the workspace box
+whenever the previous one was) and moves at most ``max_velocity * dt`` per tick; unless the filter is
+latched, it is also within ``max_relative`` of the measured state or closer to it than the last sent target
+was. Dimensions no stage touched pass through bit for bit. The filter returns what it actually sent and the
+names of the stages that acted.
 """
 
 from __future__ import annotations
@@ -136,22 +139,16 @@ class SafetyFilter:
             elif np.any(np.abs(requested - last) > lim.jump_fault):
                 self.latch("jump")
         if self.fault is not None:
-            return self._send(last.copy(), ["latched:" + self.fault])
-        target = requested.copy()
-        if lim.workspace_low is not None and not _inside(lim.forward_kinematics(target), lim.workspace_low,
-                                                          lim.workspace_high):
-            target = last.copy()
-            flags.append("workspace")
+            return self._finish(self.braked(), ["latched:" + self.fault])
         step_v = lim.max_velocity * self.dt
-        step_a = lim.max_acceleration * self.dt ** 2
-        step = target - last
-        limited = np.clip(step, self.last_velocity - step_a, self.last_velocity + step_a)
-        if not np.allclose(limited, step):
+        step = requested - last
+        limited = self._accelerate(step)
+        if not np.array_equal(limited, step):
             flags.append("acceleration")
         clipped = np.clip(limited, -step_v, step_v)
-        if not np.allclose(clipped, limited):
+        if not np.array_equal(clipped, limited):
             flags.append("velocity")
-        target = np.where(clipped == step, target, last + clipped)  # untouched dims pass through bit-exact
+        target = np.where(clipped == step, requested, last + clipped)  # untouched dims pass through bit-exact
         # the measured-relative box, intersected with what this tick's velocity allows
         low = np.maximum(measured - lim.max_relative, last - step_v)
         high = np.minimum(measured + lim.max_relative, last + step_v)
@@ -162,7 +159,33 @@ class SafetyFilter:
         bounded = np.clip(relative, lim.safe_lower, lim.safe_upper)
         if not np.allclose(bounded, relative):
             flags.append("joint_limit")
-        return self._send(bounded, flags)
+        return self._finish(bounded, flags)
+
+    def braked(self) -> np.ndarray:
+        """The next target of a decelerating stop: the current per-tick motion, slowed by the acceleration
+        limit, inside the joint limits."""
+        brake = self.limits.max_acceleration * self.dt ** 2
+        v = self.last_velocity
+        slower = np.sign(v) * np.maximum(np.abs(v) - brake, 0.0)
+        return np.clip(self.last_sent + slower, self.limits.safe_lower, self.limits.safe_upper)
+
+    def _accelerate(self, step: np.ndarray) -> np.ndarray:
+        """Limit how fast the per-tick motion speeds up; slowing down (and stopping on the target) is never
+        limited, so the command never overshoots what was asked."""
+        speed_up = self.limits.max_acceleration * self.dt ** 2
+        v = self.last_velocity
+        same_way = np.sign(step) == np.sign(v)
+        allowed = np.where(same_way, np.abs(v) + speed_up, speed_up)
+        return np.sign(step) * np.minimum(np.abs(step), allowed)
+
+    def _finish(self, target: np.ndarray, flags: list[str]) -> FilterResult:
+        """The workspace box on the final target: one that would leave it keeps the last safe target."""
+        lim = self.limits
+        if lim.workspace_low is not None and not _inside(lim.forward_kinematics(target), lim.workspace_low,
+                                                          lim.workspace_high):
+            target = self.last_sent.copy()
+            flags.append("workspace")
+        return self._send(target, flags)
 
     def _send(self, sent: np.ndarray, flags: list[str]) -> FilterResult:
         self.last_velocity = sent - self.last_sent

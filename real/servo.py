@@ -6,11 +6,11 @@ One ``tick()``:
 2. run the watchdogs, each of which ends in a decelerating hold: command freshness (now past the last
    waypoint + ``command_timeout_s``), policy heartbeat, servo overrun streak, stale state (``seq`` frozen
    for ``stale_state_s``), driver heartbeat, the e-stop and the safety filter's fault latch;
-3. the target: the waypoint in force is turned into a command target by the action map *when it comes into
-   force*, against the measured state (relative actions such as OGBench's end-effector deltas need that),
-   then approached with ``interpolation``: ``step`` (at once, as the simulator the policy was trained in
-   does; the safety filter's velocity limit still shapes it) or ``linear`` (a ramp over the waypoint's
-   duration);
+3. the target: waypoints are turned into command targets by the action map against the measured state
+   (relative actions such as OGBench's end-effector deltas need that) and followed with ``interpolation``:
+   ``step`` (each target resolved when its waypoint comes into force and requested at once, as the
+   simulator the policy was trained in does; the safety filter still shapes it) or ``linear`` (through every
+   waypoint's target at its time, linearly in between);
 4. the safety filter, then ``driver.command`` with what it let through;
 5. pacing against absolute deadlines (``t0 + k * period``): a late tick never shifts later ones; a tick
    that starts a whole period late counts as an overrun and the missed slots are skipped.
@@ -142,15 +142,20 @@ class ServoLoop:
         self._grid: tuple[float, int] | None = None  # (t0, k): the next deadline is t0 + k * period
         self._policy_seen: float | None = None
         self._active: tuple[float, int, int] | None = None  # (time, chunk id, index) of the waypoint in force
-        self._ramp: tuple[np.ndarray, np.ndarray, float, float] | None = None  # start, goal, t0, duration
+        self._goals: dict[tuple[float, int, int], np.ndarray] = {}  # resolved targets of the current waypoints
+        self._approach: tuple[np.ndarray, float] | None = None  # linear, before the first waypoint: start, t
         self._seq_since: tuple[int, float] | None = None
         self._driver_alive_t: float | None = None
         self._streak = 0
 
     # ---------------------------------------------------------------------------------- inputs
     def set_trajectory(self, trajectory: Trajectory) -> None:
-        """The scheduler's new pending trajectory."""
+        """The scheduler's new pending trajectory (targets already resolved for its waypoints are kept)."""
         self.trajectory = trajectory
+        keys = set(zip(trajectory.times.tolist(), trajectory.chunk_ids.tolist(), trajectory.indices.tolist(),
+                       strict=True))
+        self._goals = {key: goal for key, goal in self._goals.items() if key in keys}
+        self._approach = None
 
     def policy_heartbeat(self, t: float) -> None:
         """The policy worker is alive at ``t``."""
@@ -160,7 +165,7 @@ class ServoLoop:
         """Hold the current target without a fault (before a human takes over); clears the trajectory."""
         self.paused = True
         self.trajectory = Trajectory.empty(self.action_map.action_dim)
-        self._active = self._ramp = None
+        self._forget_waypoints()
 
     def resume(self) -> None:
         self.paused = False
@@ -171,7 +176,8 @@ class ServoLoop:
         if self.fault is not None:
             raise RuntimeError(f"the servo is holding after '{self.fault}': rearm() first")
         self.trajectory = Trajectory.empty(self.action_map.action_dim)
-        self._active = self._ramp = self._policy_seen = None
+        self._forget_waypoints()
+        self._policy_seen = None
         self.paused = False
         self.state = self.driver.read_state()
         self.safety.start(self.state.position)
@@ -206,9 +212,9 @@ class ServoLoop:
         self._watchdogs(now, state)
         waypoint, activated = None, False
         if self.fault is not None:
-            requested = self._decelerate()
-        elif self.paused:
-            requested = self.safety.last_sent if self.safety.last_sent is not None else state.position
+            requested = self.safety.braked() if self.safety.last_sent is not None else state.position
+        elif self.paused:  # come to rest where the target is, as gently as a hold
+            requested = self.safety.braked() if self.safety.last_sent is not None else state.position
         else:
             waypoint, activated, requested = self._track(now, state)
         if self.held:
@@ -294,37 +300,48 @@ class ServoLoop:
         if len(self.trajectory) and now > self.trajectory.end_time + cfg.command_timeout_s:
             self.trip(f"command_timeout: last waypoint at {self.trajectory.end_time:.3f} s")
 
+    def _forget_waypoints(self) -> None:
+        self._active, self._goals, self._approach = None, {}, None
+
+    def _goal(self, k: int, state: RobotState) -> np.ndarray:
+        """Waypoint ``k``'s command target, resolved by the action map the first time it is needed."""
+        traj = self.trajectory
+        key = (float(traj.times[k]), int(traj.chunk_ids[k]), int(traj.indices[k]))
+        if key not in self._goals:
+            self._goals[key] = np.asarray(self.action_map.to_target(traj.actions[k], state), dtype=np.float64)
+        return self._goals[key]
+
     def _track(self, now: float, state: RobotState) -> tuple[int | None, bool, np.ndarray]:
+        """The waypoint in force (for the record), whether it came into force now, and this tick's target.
+
+        ``step``: a waypoint's target is resolved when it comes into force and requested at once. ``linear``:
+        the target passes through each waypoint's target at its time and moves linearly in between
+        (diffusion_policy's interpolation); the next waypoint is resolved when it becomes the next one, so a
+        relative action is resolved one action period early."""
         traj = self.trajectory
         k = traj.active(now)
-        hold_here = self.safety.last_sent if self.safety.last_sent is not None else state.position
-        if k is None:
-            return None, False, hold_here
-        key = (float(traj.times[k]), int(traj.chunk_ids[k]), int(traj.indices[k]))
-        activated = key != self._active
-        if activated:
-            self._active = key
-            try:
-                goal = self.action_map.to_target(traj.actions[k], state)
-            except Exception as err:  # noqa: BLE001 - a bad action must end in a hold, not a crash
-                self.trip(f"action_map: {err}")
-                return k, activated, hold_here
-            duration = 0.0
-            if self.config.interpolation == "linear" and k + 1 < len(traj):
-                duration = float(traj.times[k + 1] - traj.times[k])
-            self._ramp = (np.asarray(hold_here, dtype=np.float64).copy(), goal, float(traj.times[k]), duration)
-        start, goal, t0, duration = self._ramp
-        alpha = 1.0 if duration <= 0 else min(1.0, (now - t0) / duration)
+        here = self.safety.braked() if self.safety.last_sent is not None else state.position
+        activated = False
+        if k is not None:
+            key = (float(traj.times[k]), int(traj.chunk_ids[k]), int(traj.indices[k]))
+            activated, self._active = key != self._active, key
+        nxt = 0 if k is None else k + 1
+        try:
+            if self.config.interpolation == "step" or nxt >= len(traj):
+                return k, activated, here if k is None else self._goal(k, state)
+            goal = self._goal(nxt, state)
+            t1 = float(traj.times[nxt])
+            if k is None:  # approaching the first waypoint from wherever the target is
+                if self._approach is None:
+                    self._approach = (here.copy(), now)
+                start, t0 = self._approach
+            else:
+                start, t0 = self._goal(k, state), float(traj.times[k])
+        except Exception as err:  # noqa: BLE001 - a bad action must end in a hold, not a crash
+            self.trip(f"action_map: {err}")
+            return k, activated, self.safety.braked()
+        alpha = 1.0 if t1 <= t0 else min(1.0, max(0.0, (now - t0) / (t1 - t0)))
         return k, activated, start + alpha * (goal - start)
-
-    def _decelerate(self) -> np.ndarray:
-        """Keep moving the way the target moved, slowing at the acceleration limit, until at rest."""
-        if self.safety.last_sent is None:
-            return self.state.position
-        v = self.safety.last_velocity
-        brake = self.safety.limits.max_acceleration * self.period ** 2
-        slower = np.sign(v) * np.maximum(np.abs(v) - brake, 0.0)
-        return self.safety.last_sent + slower
 
     def _hold_driver(self) -> None:
         if not self.held:

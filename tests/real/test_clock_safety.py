@@ -148,8 +148,11 @@ def test_acceleration_stage_hand_computed():
     out = step(filt, [0.2, -0.005])  # velocity 0.01 -> 0.02 (joint 0); joint 1 may stop at once (0.005 < 0.01)
     np.testing.assert_allclose(out.sent, [0.03, -0.005])
     assert out.flags == ("acceleration",)
-    out = step(filt, [0.03, -0.005])  # asked to stop dead at 0.03: it brakes 0.02 -> 0.01 and overshoots
-    np.testing.assert_allclose(out.sent, [0.04, -0.005])
+    out = step(filt, [0.03, -0.005])  # asked to stop dead at 0.03: braking is never limited, no overshoot
+    np.testing.assert_array_equal(out.sent, [0.03, -0.005])
+    assert out.flags == ()
+    out = step(filt, [0.0, -0.005])  # reversing starts from rest: at most one tick's speed-up
+    np.testing.assert_allclose(out.sent, [0.02, -0.005])
     assert out.flags == ("acceleration",)
 
 
@@ -255,7 +258,7 @@ def test_first_call_starts_from_the_measured_state():
 
 
 # ------------------------------------------------------------------------------------------ property
-STAGES = ("workspace", "acceleration", "velocity", "relative", "joint_limit")
+STAGES = ("acceleration", "velocity", "relative", "joint_limit", "workspace")
 KINDS = ("near",) * 4 + ("uniform",) * 3 + ("nan", "inf", "huge", "shape")  # mostly requests the filter shapes
 
 
@@ -317,9 +320,10 @@ def request(kind, values, scale, last, lim, rng_shape):
 @given(scenarios(), st.integers(0, 1000))
 def test_the_filter_never_lets_a_command_outside_the_limits(scenario, pick):
     """Over random limits, measured states inside the safe range, previous targets and requests (NaN, inf,
-    huge, wrong shape included), every sent target is inside the limits with margin, moves at most
-    max_velocity * dt, and is within max_relative of the measured state or at least max_velocity * dt closer to
-    it than the last one was. A latched tick sends the last safe target; the flags name the stages that acted."""
+    huge, wrong shape included), every sent target is inside the limits with margin (and the workspace box when
+    the last one was), moves at most max_velocity * dt, and is within max_relative of the measured state or at
+    least max_velocity * dt closer to it than the last one was (unless the workspace stopped it). A latched
+    tick brakes the target to rest; the flags name the stages that acted."""
     lim, dt, start, velocity, ticks = scenario
     span = lim.safe_upper - lim.safe_lower
     dims = lim.dim if lim.margin_dims is None else lim.margin_dims
@@ -337,6 +341,7 @@ def test_the_filter_never_lets_a_command_outside_the_limits(scenario, pick):
         req = request(tick["kind"], tick["values"], tick["scale"], last, lim, pick + i)
         req = np.asarray(req, dtype=np.float64)
         latched_before = filt.fault
+        v_before = filt.last_velocity.copy()
         out = filt(req, measured)
         sent = out.sent
         assert sent.shape == (lim.dim,) and np.all(np.isfinite(sent))
@@ -353,21 +358,29 @@ def test_the_filter_never_lets_a_command_outside_the_limits(scenario, pick):
         else:
             expected = None
         assert filt.fault == expected
-        if expected is not None:
-            assert out.flags == (f"latched:{expected}",)
-            np.testing.assert_array_equal(sent, last)
+        if lim.workspace_low is not None and inside(lim, last):
+            assert inside(lim, sent)  # the box is never left
+        if expected is not None:  # latched: the request is ignored and the target brakes to rest
+            assert out.flags[0] == f"latched:{expected}" and set(out.flags[1:]) <= {"workspace"}
+            brake = lim.max_acceleration * dt ** 2
+            assert np.all(np.abs(sent - last) <= np.maximum(np.abs(v_before) - brake, 0.0) + 1e-9)
             continue
-        assert np.all(np.abs(sent - measured) <= np.maximum(lim.max_relative, np.abs(last - measured) - step_v) + 1e-9)
+        if "workspace" in out.flags:  # the effector stops where it is
+            np.testing.assert_array_equal(sent, last)
+        else:
+            assert np.all(np.abs(sent - measured)
+                          <= np.maximum(lim.max_relative, np.abs(last - measured) - step_v) + 1e-9)
         assert set(out.flags) <= set(STAGES)
         assert list(out.flags) == [s for s in STAGES if s in out.flags]  # in pipeline order, each once
-        outside = lim.workspace_low is not None and not (
-            np.all(lim.forward_kinematics(req) >= lim.workspace_low)
-            and np.all(lim.forward_kinematics(req) <= lim.workspace_high))
-        assert ("workspace" in out.flags) == outside
         if not out.flags:
             np.testing.assert_allclose(sent, req, rtol=1e-5, atol=1e-8)
         if not np.allclose(sent, req):
             assert out.flags, "the request was changed without a stage saying so"
+
+
+def inside(lim: SafetyLimits, target: np.ndarray) -> bool:
+    point = lim.forward_kinematics(target)
+    return bool(np.all(point >= lim.workspace_low) and np.all(point <= lim.workspace_high))
 
 
 # ------------------------------------------------------------------------------------------ e-stop
