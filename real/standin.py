@@ -61,7 +61,6 @@ class StandinRobot:
         self._arm_q = np.asarray(self.env._arm_joint_ids)
         self._gripper_q = int(self.env._gripper_opening_joint_id)
         self._kin = mujoco.MjData(self.model)  # scratch data for forward kinematics
-        self.workspace = np.asarray(self.env._workspace_bounds, dtype=np.float64)
         self.stopped = False
         self.reset(0)
 
@@ -69,6 +68,7 @@ class StandinRobot:
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         """New episode of the scene from ``seed``; physics time restarts at the clock's now."""
         obs = self.sim.reset(seed)
+        self.env.pre_step()
         self._rng = np.random.default_rng(np.random.SeedSequence(self.faults.seed, spawn_key=(seed,)))
         self._t0 = self.clock.now()
         self._steps = 0
@@ -87,10 +87,14 @@ class StandinRobot:
         return self.sim._obs(self.env.compute_observation())
 
     def task_status(self) -> tuple[float, bool]:
-        """OGBench's reward and success for the scene as it is now."""
+        """OGBench's reward and success at the end of a control period; call once per period, as OGBench's
+        ``step`` does (button presses are detected against the state at the period's start)."""
         self._advance()
+        mujoco.mj_rnePostConstraint(self.model, self.data)  # contact forces, as after OGBench's physics steps
         self.env.post_step()
-        return float(self.env.compute_reward()), bool(self.env._success)
+        status = float(self.env.compute_reward()), bool(self.env._success)
+        self.env.pre_step()  # the next period starts here
+        return status
 
     # ---------------------------------------------------------------------------------- driver protocol
     def read_state(self) -> RobotState:
