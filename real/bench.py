@@ -26,6 +26,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from robopol.bench.report import write_report
+from robopol.errors import ConfigError
+
+from .scheduler import STRATEGIES
 
 STANDIN_SCENE = {"name": "cube_single_task1", "env_id": "cube-single-v0", "task_id": 1, "max_episode_steps": 200}
 DT = 0.05  # the stand-in scene's control period
@@ -175,7 +178,11 @@ def bench_control(out_dir: str, quick: bool = False, seconds: float = 60.0,
     """Run the three parts; one table and JSON file each (``control_servo``, ``control_end_to_end``,
     ``control_merge`` with its plot)."""
     latencies = latencies or ([0.0, 0.1] if quick else [0.0, 0.05, 0.1, 0.2, 0.3])
-    strategies = strategies or ["replace", "queue_merge", "temporal_ensemble", "rti"]
+    strategies = strategies or list(STRATEGIES)
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown or min(latencies) < 0 or seconds <= 0:
+        raise ConfigError(f"bench control: strategies must be among {list(STRATEGIES)}, latencies >= 0 and "
+                          f"seconds > 0, got strategies {strategies}, latencies {latencies}, seconds {seconds}")
     soak = min(seconds, 2.0) if quick else seconds
     servo = servo_soak(soak)
     write_report("control_servo", [servo], out_dir, notes="the stand-in held at 500 Hz in its own process; "

@@ -25,7 +25,7 @@ from robopol.schemas import StandinFaults
 
 from .clock import Clock, VirtualClock
 from .loop import DeployLoop, EpisodeReport, PolicyWorker
-from .record import EpisodeRecorder
+from .record import FLAG_BITS, EpisodeRecorder
 from .safety import EStop, SafetyFilter, SafetyLimits
 from .scheduler import ChunkScheduler, check_rti_bounds
 from .servo import JointPositionMap, ServoConfig, ServoLoop
@@ -43,8 +43,11 @@ def servo_config(robot: DictConfig) -> ServoConfig:
 
 def safety_limits(robot: DictConfig, driver: Any = None) -> SafetyLimits:
     """The profile's limits as per-dimension arrays (joints, then the gripper when the profile has one)."""
+    if robot.control_rate_hz <= 0:
+        raise ConfigError(f"robot profile '{robot.name}': control_rate_hz must be positive, got {robot.control_rate_hz}")
     joints = len(robot.joint_lower)
-    for key in ("joint_upper", "max_joint_velocity", "max_joint_acceleration"):
+    named = ["joint_names"] if robot.joint_names else []
+    for key in ["joint_upper", "max_joint_velocity", "max_joint_acceleration", *named]:
         if len(robot[key]) != joints:
             raise ConfigError(f"robot profile '{robot.name}': {key} has {len(robot[key])} values but joint_lower "
                               f"has {joints}")
@@ -104,8 +107,10 @@ def deploy(cfg: DictConfig) -> list[EpisodeReport]:
 
     if not cfg.ckpt:
         raise ConfigError("robopol deploy needs ckpt=<run dir or checkpoint dir>, e.g. the output of robopol demo")
-    if cfg.episodes < 1:
-        raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
+    for key, low in (("episodes", 1), ("policy_threads", 1), ("max_steps", 0), ("steps_per_inference", 0),
+                     ("dt", 0.0), ("exec_latency_s", 0.0)):
+        if cfg[key] < low:
+            raise ConfigError(f"{key} must be at least {low}, got {cfg[key]}")
     if cfg.teleop != "none" and not cfg.realtime:
         raise ConfigError(f"teleop={cfg.teleop} puts a human in the loop: pass realtime=true (lockstep runs on a "
                           "virtual clock, several times faster than real time)")
@@ -190,6 +195,12 @@ def make_teleop(kind: str, action_dim: int) -> Any:
     raise ConfigError(f"teleop must be none, keyboard or spacemouse, got '{kind}'")
 
 
+def _clipped(flags: np.ndarray) -> str:
+    """'velocity 12, workspace 1': how many control steps each safety stage acted in."""
+    counts = {name: int(np.count_nonzero(flags & bit)) for name, bit in FLAG_BITS.items()}
+    return ", ".join(f"{name} {n}" for name, n in counts.items() if n) or "none"
+
+
 def _live_report(bar: tqdm, loop: DeployLoop, before: tuple, step: int) -> None:
     """The running cycle report: servo rate and lateness, inference latency, dropped actions."""
     bar.update(1)
@@ -226,7 +237,9 @@ def run_episodes(cfg: DictConfig, loop: DeployLoop, recorder: EpisodeRecorder | 
                 f"servo {(stats.ticks - before[0]) / max(seconds, 1e-9):.0f} Hz, overruns {stats.overruns - before[1]}, "
                 f"lateness p50 {np.percentile(late, 50):.3f} ms p99 {np.percentile(late, 99):.3f} ms | inference "
                 f"{infer.mean():.1f} ms | dropped {scheduler.dropped - before[3]}, over budget "
-                f"{scheduler.over_budget - before[4]} | {seconds / max(wall, 1e-9):.1f}x real time")
+                f"{scheduler.over_budget - before[4]} | steps the safety filter shaped: "
+                f"{_clipped(report.data['safety_flags'])} | "
+                f"{seconds / max(wall, 1e-9):.1f}x real time")
             if recorder is not None:
                 recorder.add(report.data, success=report.success, seed=report.seed, faulted=report.fault is not None,
                              takeovers=report.takeovers, safety_events=len(report.events),

@@ -76,6 +76,10 @@ class SafetyLimits:
         for name in arrays[2:]:
             if np.any(getattr(self, name) <= 0):
                 raise ConfigError(f"safety limit '{name}' must be positive, got {getattr(self, name).tolist()}")
+        crossed = np.flatnonzero(self.lower > self.upper)
+        if len(crossed):
+            raise ConfigError(f"safety limits: lower > upper on dims {crossed.tolist()} (lower "
+                              f"{self.lower[crossed].tolist()}, upper {self.upper[crossed].tolist()})")
         margin = np.zeros(dim)
         margin[: dim if self.margin_dims is None else self.margin_dims] = self.margin
         self.safe_lower, self.safe_upper = self.lower + margin, self.upper - margin
@@ -84,8 +88,17 @@ class SafetyLimits:
                               f"upper {self.upper.tolist()}")
         if (self.workspace_low is None) != (self.workspace_high is None):
             raise ConfigError("give both workspace_low and workspace_high, or neither")
-        if self.workspace_low is not None and self.forward_kinematics is None:
-            raise ConfigError("a workspace box needs the robot's forward_kinematics")
+        if self.workspace_low is not None:
+            if self.forward_kinematics is None:
+                raise ConfigError("a workspace box needs the robot's forward_kinematics")
+            self.workspace_low = np.asarray(self.workspace_low, dtype=np.float64)
+            self.workspace_high = np.asarray(self.workspace_high, dtype=np.float64)
+            if self.workspace_low.ndim != 1 or self.workspace_low.shape != self.workspace_high.shape:
+                raise ConfigError(f"workspace_low and workspace_high must be two lists of the same length (x, y, z "
+                                  f"in m), got {self.workspace_low.tolist()} and {self.workspace_high.tolist()}")
+            if np.any(self.workspace_low >= self.workspace_high):
+                raise ConfigError(f"workspace_low must be below workspace_high on every axis, got "
+                                  f"{self.workspace_low.tolist()} and {self.workspace_high.tolist()}")
 
     @property
     def dim(self) -> int:

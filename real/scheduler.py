@@ -13,9 +13,9 @@ What survives is merged with the pending trajectory by a strategy:
   merge_weight) * old`` (0.7 / 0.3), new steps past the old end are appended;
 - ``temporal_ensemble`` (ACT): every future step is the average of all still-pending predictions for it,
   weighted ``exp(-ensemble_decay * i)`` with ``i = 0`` for the oldest, so older commitments dominate;
-- ``rti``: ``replace``, and ``steps_between`` tells the policy how many actions of its previous chunk the
-  robot has moved past, which is how far an RTI warm start must shift (assuming ``action_steps`` breaks as
-  soon as latency makes the scheduler drop actions).
+- ``rti``: ``replace``, for an RTI policy; the deploy loop passes it the number of control steps since its
+  previous plan, which is how far its warm start must shift (assuming ``action_steps`` breaks as soon as
+  latency makes the scheduler drop actions).
 
 A reset epoch rejects chunks planned before a reset, a pause or a human takeover.
 """
@@ -167,9 +167,3 @@ class ChunkScheduler:
             actions[i] = np.tensordot(weights / weights.sum(), np.stack(preds), axes=1)
         return Trajectory.concat(old.select(old.times < start),
                                  Trajectory(new.times, actions, new.chunk_ids, new.indices))
-
-    def steps_between(self, earlier_obs_t: float, obs_t: float) -> int:
-        """Grid steps between two planning observations: how far an RTI warm start from the chunk planned at
-        ``earlier_obs_t`` must shift for a chunk planned at ``obs_t`` (the robot moved on by exactly this many
-        actions, whatever was dropped or merged)."""
-        return int(round((obs_t - earlier_obs_t) / self.dt))

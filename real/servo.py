@@ -114,12 +114,6 @@ class ServoStats:
     ticks: int = 0
     overruns: int = 0
     lateness: list[float] = field(default_factory=list)
-    clipped: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, float]:
-        late = np.asarray(self.lateness) * 1e3 if self.lateness else np.zeros(1)
-        return {"ticks": self.ticks, "overruns": self.overruns, "lateness_p50_ms": float(np.percentile(late, 50)),
-                "lateness_p99_ms": float(np.percentile(late, 99)), "lateness_max_ms": float(late.max())}
 
 
 class ServoLoop:
@@ -220,8 +214,6 @@ class ServoLoop:
         if self.held:
             return TickInfo(now, state, None, ("held",), None, False)
         result = self.safety(requested, state.position)
-        for flag in result.flags:
-            self.stats.clipped[flag] = self.stats.clipped.get(flag, 0) + 1
         if self.safety.fault is not None and self.fault is None:
             self.trip(f"safety: {self.safety.fault}")
         try:

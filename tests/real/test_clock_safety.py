@@ -99,11 +99,15 @@ def test_limits_convert_and_derive_the_safe_range():
     ({"max_relative": [0.1, -0.1]}, "safety limit 'max_relative' must be positive"),
     ({"jump_fault": [0.0, 0.0]}, "safety limit 'jump_fault' must be positive"),
     ({"margin": 1.5}, "limit_margin 1.5 leaves no room between lower [-1.0, -1.0] and upper [1.0, 1.0]"),
-    ({"lower": [0.5, 0.0], "upper": [0.0, 1.0]}, "limit_margin 0.0 leaves no room"),
+    ({"lower": [0.5, 0.0], "upper": [0.0, 1.0]}, "safety limits: lower > upper on dims [0] (lower [0.5], upper [0.0])"),
     ({"workspace_low": np.zeros(3)}, "give both workspace_low and workspace_high, or neither"),
     ({"workspace_high": np.zeros(3)}, "give both workspace_low and workspace_high, or neither"),
     ({"workspace_low": np.zeros(3), "workspace_high": np.ones(3)},
      "a workspace box needs the robot's forward_kinematics"),
+    ({"workspace_low": np.zeros(3), "workspace_high": np.ones(2), "forward_kinematics": lambda q: q},
+     "workspace_low and workspace_high must be two lists of the same length"),
+    ({"workspace_low": np.ones(2), "workspace_high": np.zeros(2), "forward_kinematics": lambda q: q},
+     "workspace_low must be below workspace_high on every axis"),
 ])
 def test_limits_validation(overrides, message):
     with pytest.raises(ConfigError) as err:

@@ -264,6 +264,11 @@ def test_deploy_cli_completes_episodes_and_its_recording_trains_aloe(cube_checkp
     assert "servo 500 Hz" in proc.stdout
     proc = run_cli("deploy", f"ckpt={root / 'run'}", "teleop=keyboard", cwd=root)
     assert proc.returncode == 2 and "teleop=keyboard puts a human in the loop: pass realtime=true" in proc.stderr
+    proc = run_cli("deploy", f"ckpt={root / 'run'}", "max_steps=-1", cwd=root)
+    assert proc.returncode == 2 and "max_steps must be at least 0, got -1" in proc.stderr
+    proc = run_cli("deploy", f"ckpt={root / 'run'}", "robot.workspace_high=[0.5,0.5]", cwd=root)
+    assert proc.returncode == 2 and "workspace_low and workspace_high must be two lists of the same length" in (
+        proc.stderr)
     assert validate_store(str(store)) == []
     with EpisodeStore.open(str(store)) as episodes:
         assert len(episodes) == 2 and episodes.n_steps == 30

@@ -202,17 +202,6 @@ def test_temporal_ensemble_default_decay_is_nearly_uniform_and_reset_forgets():
     assert_traj(after, np.arange(4, 13) / 10, range(101, 110))  # no memory of A
 
 
-def test_rti_steps_between_is_the_grid_shift():
-    s = scheduler("rti")
-    assert s.steps_between(0.3, 0.5) == 2
-    assert s.steps_between(0.3, 0.5 + 0.004) == 2  # clock jitter does not change the shift
-    assert s.steps_between(0.0, 0.96) == 10
-    assert s.steps_between(1.0, 1.0) == 0
-    # whatever was dropped or merged, B's warm start from A shifts by 3 (obs 0.0 -> 0.3)
-    feed(s, (A, 0.0), (B, 0.35))
-    assert s.steps_between(A.obs_t, B.obs_t) == 3
-
-
 def test_rti_pending_equals_replace():
     chunks = [(Chunk(column(np.sin(np.arange(8) + k)), obs_t=0.2 * k, chunk_id=k + 1), 0.2 * k + 0.03 * (k % 3))
               for k in range(6)]

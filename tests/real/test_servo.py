@@ -160,10 +160,6 @@ def test_overshoot_is_the_lateness_and_no_overrun():
     # the first tick defines the grid; every later one wakes up `overshoot` late, never later
     assert servo.stats.lateness[0] == 0.0
     np.testing.assert_allclose(servo.stats.lateness[1:], overshoot, atol=1e-12)
-    summary = servo.stats.summary()
-    assert summary["ticks"] == 100 and summary["overruns"] == 0
-    assert summary["lateness_max_ms"] == pytest.approx(overshoot * 1e3, abs=1e-9)
-    assert summary["lateness_p50_ms"] == pytest.approx(overshoot * 1e3, abs=1e-9)
 
 
 def test_late_ticks_never_shift_the_grid():
