@@ -157,6 +157,9 @@ def deploy(cfg: DictConfig) -> list[EpisodeReport]:
         dt = dt or robot.action_dt
         servo = make_servo(robot_cfg, robot, clock)
     try:
+        if robot_cfg.command_timeout_s <= dt:
+            raise ConfigError(f"robot.command_timeout_s={robot_cfg.command_timeout_s} must exceed the policy's control "
+                              f"period {dt} s, or every step between two actions trips the command watchdog")
         servo.estop.on_signal()  # `kill -USR1 <pid>` from another terminal latches the e-stop
         loop = build_loop(cfg, robot, servo, actor, action_dim, dt, int(task.get("max_episode_steps", 0) or 0))
         recorder = EpisodeRecorder(cfg.record, attrs={"task": task.name, "robot": robot_cfg.name,

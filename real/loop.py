@@ -187,7 +187,7 @@ class DeployLoop:
         if transition == "pause":
             state = self.servo.state
             if self.gripper_dim is not None and hasattr(self.teleop, "gripper") and state is not None:
-                closed = state.position[self.gripper_dim] < 0.5
+                closed = state.position[self.gripper_dim] < 0.9  # a grasp leaves the hand partly open
                 self.teleop.gripper = self.gripper_close_action * (1.0 if closed else -1.0)
             self.scheduler.reset()
             self.worker.reset()
