@@ -178,7 +178,8 @@ def build_loop(cfg: DictConfig, robot: Any, servo: Any, actor: Any, action_dim: 
     if cfg.strategy == "rti" and latency is not None:
         check_rti_bounds(int(np.ceil(latency / dt - 1e-9)), steps_per_inference, actor.horizon)
     scheduler = ChunkScheduler(dt, action_dim, strategy=cfg.strategy, exec_latency=cfg.exec_latency_s,
-                               merge_weight=cfg.merge_weight, ensemble_decay=cfg.ensemble_decay)
+                               action_offset=cfg.action_offset, merge_weight=cfg.merge_weight,
+                               ensemble_decay=cfg.ensemble_decay)
     max_steps = cfg.max_steps or task_steps or 200
     gripper_dim = len(cfg.robot.joint_lower) if cfg.robot.gripper else None
     return DeployLoop(robot, servo, scheduler, PolicyWorker(actor, latency), dt, max_steps, steps_per_inference,

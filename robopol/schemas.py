@@ -527,6 +527,8 @@ class DeployCommand:
     """Control steps between inferences; 0 takes the policy's action_steps."""
     exec_latency_s: float = 0.01
     """Actions due sooner than this after a chunk is ready are dropped."""
+    action_offset: int = 0
+    """Action i of a chunk is due at obs_t + (i + action_offset) * dt (diffusion_policy's action_offset)."""
     inference_latency_s: float = -1.0
     """Inject this inference latency (s); negative uses the measured one."""
     merge_weight: float = 0.7

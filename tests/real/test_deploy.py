@@ -122,7 +122,7 @@ def test_a_policy_emitting_nan_latches_the_filter_and_holds():
     assert log.violations(loop.servo.safety.limits, loop.servo.period) == []
 
 
-def test_lockstep_with_zero_latency_and_open_limits_reproduces_the_simulator_exactly(task=CUBE):
+def test_lockstep_with_zero_latency_and_open_limits_reproduces_the_simulator_exactly():
     from robopol.sim.ogbench_tasks import OGBenchSim
 
     wide = ["robot.max_joint_velocity=[1e4,1e4,1e4,1e4,1e4,1e4]", "robot.gripper_max_velocity=1e4",
@@ -130,11 +130,11 @@ def test_lockstep_with_zero_latency_and_open_limits_reproduces_the_simulator_exa
     # the gripper dim saturated, as OGBench's experts and policies drive it: an intermediate gripper target goes
     # through the driver's opening <-> actuator conversion, whose 1e-14 round-off contact dynamics amplify
     actor = ScriptedActor(scale=0.5, gripper=1.0)
-    loop, _ = make("inference_latency_s=0.0", "exec_latency_s=0.0", *wide, actor=actor, task=task, max_steps=60)
+    loop, _ = make("inference_latency_s=0.0", "exec_latency_s=0.0", *wide, actor=actor, max_steps=60)
     report = loop.run_episode(seed=5)
     data = report.data
     assert (data["source"] == 0).all() and report.steps == 60
-    sim = OGBenchSim(task.env_id, task.task_id)
+    sim = OGBenchSim(CUBE.env_id, CUBE.task_id)
     np.testing.assert_array_equal(sim.reset(5)["observation"], data["observation"][0])
     for k in range(report.steps - 1):
         obs = sim.step(data["action"][k]).obs["observation"]
