@@ -133,12 +133,6 @@ class ChunkActor:
             self._history = self._history * self.obs_steps
         self._history = self._history[-self.obs_steps:]
 
-    def plan(self, shift: int | None = None) -> np.ndarray:
-        """Plan a whole chunk ``(N, H, A)`` (raw) from the history now: the deploy loop's entry, which
-        observes every control step but plans on its own schedule. ``shift``: control steps since the
-        previous plan, how far an RTI warm start moves (default ``action_steps``)."""
-        return self._plan(shift)
-
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Raw observations of the current step (leading env axis) -> raw actions ``(N, A)``."""
         self.observe(obs)
@@ -147,16 +141,20 @@ class ChunkActor:
         self.steps += 1
         if self.execution == "receding":
             if not self._chunks or t - self._chunks[-1][0] >= self.action_steps:
-                self._chunks = [(t, self._plan())]
+                self._chunks = [(t, self.plan())]
             start, chunk = self._chunks[-1]
             return chunk[:, t - start]
-        self._chunks = [(s, c) for s, c in self._chunks if t - s < self.horizon] + [(t, self._plan())]
+        self._chunks = [(s, c) for s, c in self._chunks if t - s < self.horizon] + [(t, self.plan())]
         weights = np.exp(-self.ensemble_decay * np.arange(len(self._chunks)))
         actions = np.stack([c[:, t - s] for s, c in self._chunks])
         return np.tensordot(weights / weights.sum(), actions, axes=1).astype(actions.dtype)
 
     @torch.no_grad()
-    def _plan(self, shift: int | None = None) -> np.ndarray:
+    def plan(self, shift: int | None = None) -> np.ndarray:
+        """Plan a whole chunk ``(N, H, A)`` (raw) from the history now. ``act`` calls it on its schedule; the
+        deploy loop observes every control step and plans on its own, passing ``shift``: the control steps
+        since the previous plan, how far an RTI warm start moves (default ``action_steps``; a shift past the
+        horizon runs the full chain)."""
         started = time.perf_counter()
         self.plans += 1
         stacked = {

@@ -93,6 +93,21 @@ def test_rti_executes_rti_action_steps_and_shifts_by_them():
     np.testing.assert_allclose([a[0, 0] for a in actions], [1.0, 1.1, 3.7, 3.8], rtol=1e-5)
 
 
+def test_deploy_entry_plans_whole_chunks_and_shifts_the_warm_start_by_the_steps_that_passed():
+    policy = WarmStartPolicy()
+    actor = ChunkActor(policy, normalizer(), ["x"], sampler="rti")
+    obs = {"x": np.zeros((1, 1), np.float32)}
+    actor.observe(obs)
+    first = actor.plan()
+    assert first.shape == (1, 4, 2) and policy.samples == 1 and not policy.guesses
+    for _ in range(3):  # three control steps observed before the next plan (latency dropped two actions)
+        actor.observe(obs)
+    actor.plan(shift=3)
+    torch.testing.assert_close(policy.guesses[0], shift_chunk(planned(1), 3))
+    actor.plan(shift=4)  # the robot moved past the whole previous chunk: nothing to warm-start from
+    assert policy.samples == 2 and len(policy.guesses) == 1
+
+
 def test_reset_and_an_external_request_restart_the_full_chain():
     policy = WarmStartPolicy()
     actor = ChunkActor(policy, normalizer(), ["x"], sampler="rti")
