@@ -229,11 +229,17 @@ class RemoteServo:
     def restart(self) -> None:
         self._forget_plan()
         self._request("restart")
+        self._skip_published()
 
     def rearm(self) -> None:
         self._forget_plan()
         self._request("rearm")
+        self._skip_published()
         self.fault, self.held = None, False
+
+    def _skip_published(self) -> None:
+        """Ignore ticks published before the servo answered: they show the state before the request."""
+        self._last_tick = max(self._last_tick, self.state_ring.count)
 
     def _forget_plan(self) -> None:
         """An empty, unpaused plan without heartbeat, so nothing of the last episode is ever re-sent."""
