@@ -9,7 +9,7 @@ run faster than real time and are reproducible, while inference latency is the m
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from functools import partial
 from typing import Any
 
@@ -35,10 +35,9 @@ console = Console(soft_wrap=True)
 
 
 def servo_config(robot: DictConfig) -> ServoConfig:
-    return ServoConfig(rate_hz=robot.control_rate_hz, interpolation=robot.interpolation,
-                       command_timeout_s=robot.command_timeout_s, policy_timeout_s=robot.policy_timeout_s,
-                       stale_state_s=robot.stale_state_s, driver_timeout_s=robot.driver_timeout_s,
-                       overrun_streak=robot.overrun_streak)
+    """The profile's servo settings: the same names, except that the rate is ``control_rate_hz``."""
+    same = {f.name: robot[f.name] for f in fields(ServoConfig) if f.name != "rate_hz"}
+    return ServoConfig(rate_hz=robot.control_rate_hz, **same)
 
 
 def safety_limits(robot: DictConfig, driver: Any = None) -> SafetyLimits:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small toy-task store and helpers to run the CLI in a subprocess."""
+"""Shared fixtures: a small toy-task store, one torch thread for tiny networks, a helper to run the CLI in a
+subprocess, and the call log the fakes of robot APIs keep."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,3 +35,28 @@ def toy_store(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("toy") / "demos.zarr")
     collect_episodes(cfg.task, path, episodes=40, seed=0, progress=False)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks run fastest on one torch thread, which also makes them immune to a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CallLog:
+    """What a fake of a hardware API was asked, in order; ``fail[name]`` makes that call raise."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.fail: dict[str, Exception] = {}
+
+    def record(self, name, *args):
+        self.calls.append((name, *args))
+        if name in self.fail:
+            raise self.fail[name]
+
+    def names(self):
+        return [c[0] for c in self.calls]

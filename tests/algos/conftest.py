@@ -7,11 +7,8 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (``one_torch_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture

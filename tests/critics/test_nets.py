@@ -8,13 +8,7 @@ from torch import nn
 
 from robopol.critics import CriticEnsemble, EnsembleMLP, polyak_update
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def critic(**kw) -> CriticEnsemble:

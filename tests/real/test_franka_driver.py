@@ -8,6 +8,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import CallLog
 from robopol.real.clock import VirtualClock
 from robopol.real.driver import DriverError, ProtectiveStop
 from robopol.real.franky_driver import FrankaDriver
@@ -29,25 +30,16 @@ class ControlException(Exception):
     pass
 
 
-class FakeFranka:
+class FakeFranka(CallLog):
     """The arm and hand behind the fake franky module; ``calls`` logs commands in order."""
 
     def __init__(self):
-        self.calls: list[tuple] = []
+        super().__init__()
         self.q, self.dq, self.msec = list(Q), [0.05] * 7, 1000
         self.mode, self.has_errors = RobotMode.Move, False
         self.width, self.max_width = 0.04, MAX_WIDTH
-        self.fail: dict[str, Exception] = {}
         self.robot_host = self.gripper_host = None
         self.dynamics_factor = None
-
-    def record(self, name, *args):
-        self.calls.append((name, *args))
-        if name in self.fail:
-            raise self.fail[name]
-
-    def names(self):
-        return [c[0] for c in self.calls]
 
 
 @pytest.fixture

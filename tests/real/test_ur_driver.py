@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import CallLog
 from robopol.real.clock import VirtualClock
 from robopol.real.driver import DriverError, ProtectiveStop
 from robopol.real.ur_rtde_driver import URDriver
@@ -16,26 +17,17 @@ from robopol.errors import ConfigError, MissingExtraError
 Q = [0.0, -1.57, 1.57, -1.57, -1.57, 0.0]
 
 
-class FakeUR:
+class FakeUR(CallLog):
     """The controller both fake interfaces talk to; ``calls`` logs every control-side call in order."""
 
     def __init__(self):
-        self.calls: list[tuple] = []
+        super().__init__()
         self.q, self.qd, self.stamp = list(Q), [0.1] * 6, 1.0
         self.connected = True
         self.protective = self.emergency = False
         self.within_limits = True
-        self.fail: dict[str, Exception] = {}
         self.receive_args = self.control_args = None
         self.receive_disconnected = False
-
-    def record(self, name, *args):
-        self.calls.append((name, *args))
-        if name in self.fail:
-            raise self.fail[name]
-
-    def names(self):
-        return [c[0] for c in self.calls]
 
 
 @pytest.fixture
