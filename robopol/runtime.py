@@ -23,6 +23,7 @@ from robopol.data.normalize import Normalizer
 from robopol.data.store import EpisodeStore
 from robopol.envs import BatchedEnv, EnvSpec, SimulatorEnv
 from robopol.errors import CheckpointError, ConfigError
+from robopol.nets.embeddings import enable_level_cache
 from robopol.schemas import RTIConfig
 from robopol.video import write_mp4
 
@@ -72,6 +73,7 @@ class ChunkActor:
         if execution not in EXECUTIONS:
             raise ConfigError(f"execution must be one of {', '.join(EXECUTIONS)}, got '{execution}'")
         self.policy = policy.eval()
+        enable_level_cache(policy)
         self.normalizer = normalizer
         self.obs_keys = list(obs_keys)
         self.action_key = action_key

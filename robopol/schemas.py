@@ -468,6 +468,8 @@ class BenchCommand:
     """inference, offline: the task to train and evaluate on (inference default: cube_single_task1)."""
     demos: int = 200
     """inference: expert demonstrations to train on."""
+    latency_threads: int = 1
+    """inference: torch CPU threads while latency is measured (deploy's policy_threads default; 0 keeps torch's)."""
     train_steps: int = 15000
     """inference: gradient steps of each imitation model (the consistency student gets a third); offline: of every run."""
     episodes: int = 100

@@ -32,7 +32,17 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class LevelEmbedding(nn.Sequential):
-    """Sinusoidal features of a scalar followed by a small MLP (``dim -> 4 dim -> dim``, Mish)."""
+    """Sinusoidal features of a scalar followed by a small MLP (``dim -> 4 dim -> dim``, Mish).
+
+    With ``cache_inference`` on (``enable_level_cache``), CPU calls in eval mode without autograd keep their
+    result: a sampler's levels come from a fixed schedule, so at inference the same few embeddings are asked
+    for call after call, and at batch 1 the embedding MLP is a sizeable part of each network call. An entry
+    is reused only while every weight's version counter is unchanged, so an optimiser step, an EMA update or
+    ``load_state_dict`` recomputes it.
+    """
+
+    CACHE_ENTRIES = 256
+    """Distinct level tensors kept; the cache starts over when full (a schedule needs a few dozen)."""
 
     def __init__(self, dim: int, scale: float = 1.0) -> None:
         super().__init__(
@@ -42,3 +52,28 @@ class LevelEmbedding(nn.Sequential):
             nn.Linear(4 * dim, dim),
         )
         self.dim = dim
+        self.cache_inference = False
+        self._cache: dict[tuple, tuple[tuple[int, ...], torch.Tensor]] = {}
+
+    def forward(self, level: torch.Tensor) -> torch.Tensor:
+        if (not self.cache_inference or self.training or torch.is_grad_enabled()
+                or level.device.type != "cpu"):
+            return super().forward(level)
+        versions = tuple(p._version for p in self.parameters())
+        key = (level.dtype, tuple(level.shape), tuple(level.detach().flatten().tolist()))
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == versions:
+            return hit[1]
+        out = super().forward(level)
+        if len(self._cache) >= self.CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[key] = (versions, out)
+        return out
+
+
+def enable_level_cache(module: nn.Module, enabled: bool = True) -> None:
+    """Switch the inference cache of every ``LevelEmbedding`` inside ``module`` on or off."""
+    for m in module.modules():
+        if isinstance(m, LevelEmbedding):
+            m.cache_inference = enabled
+            m._cache.clear()

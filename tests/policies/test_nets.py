@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from robopol.nets.embeddings import SinusoidalEmbedding
+from robopol.nets.embeddings import LevelEmbedding, SinusoidalEmbedding, enable_level_cache
 from robopol.nets.transformer import TransformerDenoiser
 from robopol.nets.unet import ConditionalUnet1D, FiLMResidualBlock
 from robopol.policies.base import MLPDenoiser
@@ -23,6 +23,68 @@ def test_sinusoidal_embedding_hand_values():
     assert "freqs" not in emb.state_dict()  # derived from the arguments, never checkpointed
     with pytest.raises(ValueError, match="even"):
         SinusoidalEmbedding(5)
+
+
+def test_level_cache_reuses_embeddings_until_a_weight_changes():
+    torch.manual_seed(0)
+    net = MLPDenoiser(input_dim=2, horizon=3, cond_dim=4, level_dim=8, hidden_dims=(16,))
+    emb = net.level_embed
+    calls = []
+    emb[1].register_forward_hook(lambda *_: calls.append(1))  # the embedding MLP's first layer
+    level, other = torch.tensor([0.5]), torch.tensor([0.25])
+    reference = emb(level).detach()
+    net.eval()
+    enable_level_cache(net)
+    calls.clear()
+    with torch.no_grad():
+        first = emb(level)
+        second = emb(level)
+        emb(other)
+        emb(level)
+    assert len(calls) == 2  # one computation per distinct level
+    assert second is first
+    torch.testing.assert_close(first, reference, rtol=0, atol=0)
+
+    # every way the weights change invalidates the entry
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    net.train()
+    emb(level).sum().backward()
+    optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        after_step = emb(level)
+    assert not torch.equal(after_step, first)
+    with torch.no_grad():
+        torch.testing.assert_close(after_step, torch.nn.Sequential.forward(emb, level), rtol=0, atol=0)
+    state = {k: v + 1.0 for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(emb(level), torch.nn.Sequential.forward(emb, level), rtol=0, atol=0)
+        for p in net.parameters():
+            p.lerp_(torch.zeros_like(p), 0.5)  # an EMA-style in-place update
+        torch.testing.assert_close(emb(level), torch.nn.Sequential.forward(emb, level), rtol=0, atol=0)
+
+
+def test_level_cache_is_bypassed_in_training_with_autograd_and_when_off():
+    torch.manual_seed(0)
+    emb = LevelEmbedding(8)
+    calls = []
+    emb[1].register_forward_hook(lambda *_: calls.append(1))
+    level = torch.tensor([0.5])
+    enable_level_cache(emb)
+    emb.train()
+    with torch.no_grad():
+        emb(level)
+        emb(level)
+    emb.eval()
+    out = emb(level)  # autograd on: the result must carry a graph, so nothing is cached
+    assert out.requires_grad
+    emb(level)
+    enable_level_cache(emb, False)
+    with torch.no_grad():
+        emb(level)
+        emb(level)
+    assert len(calls) == 6
 
 
 def _unet(down_dims=(8, 16), cond_dim=3) -> ConditionalUnet1D:
