@@ -229,6 +229,53 @@ class ALOEConfig(OfflineRLConfig):
 
 
 @dataclass
+class PPOConfig(AlgoConfig):
+    """Gaussian PPO on batched env rollouts (cleanrl/rsl_rl details): the on-policy reference point (§8).
+
+    ``trainer.steps``, ``log_every``, ``eval_every`` and ``ckpt_every`` count iterations of
+    ``num_envs * rollout_steps`` env steps."""
+
+    name: str = "ppo"
+    _target_: str = "robopol.algos.ppo.PPO"
+    num_envs: int = 8
+    """Envs stepped together for rollouts."""
+    rollout_steps: int = 256
+    """Steps per env per iteration."""
+    epochs: int = 10
+    """Passes over each rollout."""
+    minibatches: int = 32
+    """Minibatches per pass."""
+    lr: float = 3e-4
+    """Adam learning rate (start value under the linear and adaptive schedules)."""
+    lr_schedule: str = "fixed"
+    """fixed, linear (annealed to 0 over trainer.steps) or adaptive (KL-driven, rsl_rl)."""
+    desired_kl: float = 0.01
+    """adaptive: the KL between old and new policy the learning rate steers towards."""
+    gamma: float = 0.99
+    """Discount per env step."""
+    lam: float = 0.95
+    """GAE lambda."""
+    clip: float = 0.2
+    """Ratio clip epsilon of the surrogate."""
+    value_clip: float = 0.2
+    """Clip of the value change in the value loss (0: plain squared error)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    value_coef: float = 0.5
+    """Weight of the value loss."""
+    max_grad_norm: float = 0.5
+    """Clip of the global gradient norm (0: off)."""
+    norm_advantages: bool = True
+    """Normalise advantages per minibatch."""
+    critic_hidden_dims: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden widths of the value MLP (tanh)."""
+    obs_norm: bool = True
+    """Normalise observations by running mean and std."""
+    reward_norm: bool = True
+    """Divide rewards by the running std of the discounted return."""
+
+
+@dataclass
 class StandinFaults:
     """Faults the MuJoCo stand-in robot injects (``robot.faults.*``); times in seconds since the episode
     started, 0 / None: off."""
@@ -314,7 +361,7 @@ class TrainerConfig:
     """The optimisation loop shared by all algorithms."""
 
     steps: int = 2000
-    """Total gradient steps (the learning-rate schedule spans them)."""
+    """Total gradient steps (the learning-rate schedule spans them); iterations for online algorithms (algo=ppo)."""
     stop_after: int = 0
     """End this invocation after this step and checkpoint it (0: run to ``steps``); ``resume=`` continues."""
     batch_size: int = 256
@@ -574,7 +621,7 @@ def group_schemas() -> dict[str, dict[str, type]]:
         "task": TASK_SCHEMAS,
         "policy": POLICY_SCHEMAS,
         "algo": {"bc": BCConfig, "distill": DistillConfig, "qc": QCConfig, "dqc": DQCConfig, "ofql": OFQLConfig,
-                 "iql": IQLConfig, "aloe": ALOEConfig},
+                 "iql": IQLConfig, "aloe": ALOEConfig, "ppo": PPOConfig},
         "robot": {"robot": RobotConfig},
     }
 

@@ -49,17 +49,20 @@ class PointReachEnv:
             goal_key="goal",
         )
         self.clipped_actions = 0
+        self.autoreset = False
+        """Start a new episode (drawn from the same generator) in every env whose episode ended, reporting the
+        ended episodes' last observations as ``info['final_obs']``."""
         self._rng = np.random.default_rng(seed)
         self._pos = np.zeros((num_envs, 2))
         self._goal = np.zeros((num_envs, 2))
-        self._t = 0
+        self._t = np.zeros(num_envs, dtype=np.int64)
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self._pos = self._rng.uniform(0.1, 0.9, size=(self.num_envs, 2))
         self._goal = self._rng.uniform(0.1, 0.9, size=(self.num_envs, 2))
-        self._t = 0
+        self._t[:] = 0
         return self._obs()
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -76,11 +79,18 @@ class PointReachEnv:
         self._t += 1
         dist = np.linalg.norm(self._goal - self._pos, axis=1)
         success = dist < self.goal_tolerance
-        truncated = np.full(self.num_envs, self._t >= self.spec.max_episode_steps)
-        return StepResult(
-            obs=self._obs(), reward=-dist.astype(np.float32), terminated=success.copy(),
-            truncated=truncated & ~success, success=success,
-        )
+        truncated = (self._t >= self.spec.max_episode_steps) & ~success
+        obs, info = self._obs(), {}
+        ended = success | truncated
+        if self.autoreset and ended.any():
+            info["final_obs"] = {k: v.copy() for k, v in obs.items()}
+            n = int(ended.sum())
+            self._pos[ended] = self._rng.uniform(0.1, 0.9, size=(n, 2))
+            self._goal[ended] = self._rng.uniform(0.1, 0.9, size=(n, 2))
+            self._t[ended] = 0
+            obs = self._obs()
+        return StepResult(obs=obs, reward=-dist.astype(np.float32), terminated=success.copy(), truncated=truncated,
+                          success=success, info=info)
 
     def close(self) -> None:
         pass

@@ -24,6 +24,20 @@ class MLPPolicyConfig(PolicyConfig):
 
 
 @dataclass
+class GaussianPolicyConfig(PolicyConfig):
+    """Diagonal Gaussian over single actions (tanh MLP mean, learned state-independent log std): Gaussian PPO's policy."""
+
+    name: str = "gaussian"
+    _target_: str = "robopol.policies.gaussian.GaussianPolicy"
+    horizon: int = 1
+    action_steps: int = 1
+    hidden_dims: list[int] = field(default_factory=lambda: [64, 64])
+    """Widths of the mean MLP's hidden layers."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of every action dimension (normalised action units)."""
+
+
+@dataclass
 class GenerativePolicyConfig(PolicyConfig):
     """Fields shared by the generative heads: the denoising backbone and its sizes, loss mask, sampler."""
 
@@ -131,4 +145,5 @@ POLICY_SCHEMAS: dict[str, type[PolicyConfig]] = {
     "diffusion": DiffusionPolicyConfig,
     "flow": FlowPolicyConfig,
     "meanflow": MeanFlowPolicyConfig,
+    "gaussian": GaussianPolicyConfig,
 }

@@ -3,7 +3,8 @@
 One function, ``train(cfg, run_root)``, serves every algorithm whose object has ``update(batch)``,
 ``modules()``, ``eval_policy()``, ``validation_loss(batch)`` and ``state_dict()``/``load_state_dict()``.
 Resuming from a run directory restores weights, optimizer and scheduler, the sampler position and every RNG,
-so N steps + resume + N steps equals 2N steps bit for bit on CPU.
+so N steps + resume + N steps equals 2N steps bit for bit on CPU. Algorithms that learn from their own
+rollouts (``online = True``) go to :func:`robopol.train.online.train_online` instead.
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ def to_batch(windows: dict[str, np.ndarray], obs_keys: list[str], normalizer: No
 
 def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = None) -> TrainResult:
     """Train as ``cfg`` says in ``run_root``; ``overrides`` (the command line) are recorded for ``resume=``."""
+    if getattr(get_class(cfg.algo._target_), "online", False):
+        from robopol.train.online import train_online
+
+        return train_online(cfg, run_root, overrides)
     t0 = time.perf_counter()
     tcfg = cfg.trainer
     for key in ("steps", "batch_size", "log_every", "ckpt_every"):

@@ -1,0 +1,233 @@
+"""The on-policy training loop: batched env rollouts -> algorithm iterations -> metrics, checkpoints, evaluation.
+
+``robopol train`` hands algorithms with ``online = True`` (``algo=ppo``) to :func:`train_online`. One
+iteration collects ``algo.rollout_steps`` steps from each of ``algo.num_envs`` auto-resetting envs and calls
+``algo.update(rollout)``; ``trainer.steps``, ``log_every``, ``eval_every`` and ``ckpt_every`` count
+iterations. Training logs the raw return and length of the episodes that ended during the iteration, env
+steps and env steps per second. Evaluation runs the policy's mean action through the same
+:class:`robopol.runtime.ChunkActor` as ``robopol eval``; ``checkpoints/best`` is the highest mean return.
+
+Checkpoints hold the policy, critic and normalisation statistics, the optimiser and learning rate, and the
+RNG states. A resumed run continues from the iteration it saved with the same weights and statistics, but
+its envs start new episodes (with fresh seeds): rollouts in flight at the checkpoint are not saved, so the
+continuation is a different (equally valid) trajectory from an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from robopol.checkpoint import load_checkpoint, mark_best, save_checkpoint
+from robopol.data.normalize import Normalizer
+from robopol.envs import BatchedEnv, EnvSpec
+from robopol.errors import ConfigError
+from robopol.runtime import ChunkActor, evaluate, record_video
+from robopol.tasks import make_env
+from robopol.train.run import MetricsLogger, RunDir, plot_metrics
+
+ACTION_KEY = "action"
+RESUME_SEED_STRIDE = 1_000_003
+"""A resumed run resets its envs with ``seed + iteration * RESUME_SEED_STRIDE`` so episodes are not replayed."""
+
+
+def flat_obs(obs: dict[str, np.ndarray], keys: list[str]) -> torch.Tensor:
+    """Observation dict of (N, ...) arrays -> (N, obs_dim) float64, keys in ``keys`` order (as the runtime)."""
+    return torch.cat([torch.as_tensor(np.asarray(obs[k]), dtype=torch.float64).flatten(1) for k in keys], dim=-1)
+
+
+def policy_normalizer(algo: Any, spec: EnvSpec, obs_keys: list[str]) -> Normalizer:
+    """The runtime's view of the algorithm's normalisation: ``meanstd`` per observation key from the running
+    statistics, and the action box mapped to [-1, 1] (``identity`` for unbounded actions)."""
+    modes: dict[str, str] = {}
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    mean = algo.obs_rms.mean.numpy() if algo.obs_norm else None
+    std = algo.obs_rms.std().numpy() if algo.obs_norm else None
+    at = 0
+    for key in obs_keys:
+        shape = tuple(spec.observation[key].shape)
+        size = int(np.prod(shape))
+        if mean is None:
+            center, scale = np.zeros(size), np.ones(size)
+        else:
+            center, scale = mean[at:at + size], 1.0 / std[at:at + size]
+        modes[key] = "meanstd"
+        stats[key] = _stats(center.reshape(shape), scale.reshape(shape))
+        at += size
+    low, high = spec.action.low, spec.action.high
+    shape = tuple(spec.action.shape)
+    if low is None or high is None:
+        modes[ACTION_KEY] = "identity"
+        stats[ACTION_KEY] = _stats(np.zeros(shape), np.ones(shape))
+    else:
+        low, high = np.broadcast_to(low, shape).astype(np.float64), np.broadcast_to(high, shape).astype(np.float64)
+        modes[ACTION_KEY] = "minmax"
+        stats[ACTION_KEY] = _stats((low + high) / 2.0, 2.0 / (high - low))
+    return Normalizer(modes, stats)
+
+
+def _stats(center: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
+    """Normalizer statistics for the affine map ``(x - center) * scale`` (the summary fields follow it)."""
+    half = 1.0 / scale
+    return {"scale": scale, "center": center, "min": center - half, "max": center + half, "mean": center,
+            "std": half, "q01": center - half, "q99": center + half}
+
+
+class EpisodeTracker:
+    """Raw return and length of every env's current episode; collects those that end."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.returns = np.zeros(num_envs)
+        self.lengths = np.zeros(num_envs, dtype=np.int64)
+        self.finished: list[tuple[float, int]] = []
+
+    def step(self, reward: np.ndarray, ended: np.ndarray) -> None:
+        self.returns += reward
+        self.lengths += 1
+        for i in np.flatnonzero(ended):
+            self.finished.append((float(self.returns[i]), int(self.lengths[i])))
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+
+    def drain(self) -> dict[str, float]:
+        if not self.finished:
+            return {}
+        returns, lengths = zip(*self.finished, strict=True)
+        self.finished = []
+        return {"episode_return": float(np.mean(returns)), "episode_length": float(np.mean(lengths)),
+                "episodes": float(len(returns))}
+
+
+def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_keys: list[str],
+                    normalizer: Normalizer, tracker: EpisodeTracker
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """``algo.rollout_steps`` steps of every env. Returns the ``(T, N, ...)`` rollout and the observation to
+    continue from. Sampled actions are stored as drawn and clipped to the action box only for the env."""
+    steps: list[dict[str, torch.Tensor]] = []
+    for _ in range(algo.rollout_steps):
+        norm_obs = algo.normalize_obs(flat_obs(obs, obs_keys), update=True)
+        out = algo.act(norm_obs)
+        command = normalizer.unnormalize(ACTION_KEY, out["action"].clamp(-1.0, 1.0).double()).numpy()
+        result = env.step(command.reshape(env.num_envs, *env.spec.action.shape))
+        terminated = torch.as_tensor(result.terminated)
+        ended = terminated | torch.as_tensor(result.truncated)
+        following = flat_obs(result.obs, obs_keys)
+        if ended.any():  # the auto-reset replaced these observations: value the episode's last one
+            final = flat_obs(result.info["final_obs"], obs_keys)
+            following[ended] = final[ended]
+        next_value = torch.where(terminated, 0.0, algo.value(algo.normalize_obs(following)))
+        reward = torch.as_tensor(result.reward, dtype=torch.float32)
+        tracker.step(result.reward.astype(np.float64), ended.numpy())
+        steps.append({"obs": norm_obs, **out, "reward": algo.scale_rewards(reward, ended),
+                      "next_value": next_value, "episode_end": ended})
+        obs = result.obs
+    rollout = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
+    return rollout, obs
+
+
+def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = None) -> Any:
+    """Train an on-policy algorithm as ``cfg`` says in ``run_root`` (see the module docstring); returns the
+    trainer's ``TrainResult``."""
+    from robopol.train.trainer import TrainResult, _rng_states, _set_rng_states, build, seed_everything
+
+    t0 = time.perf_counter()
+    tcfg = cfg.trainer
+    for key in ("steps", "log_every", "ckpt_every"):
+        if tcfg[key] < 1:
+            raise ConfigError(f"trainer.{key} must be at least 1, got {tcfg[key]}")
+    if cfg.data:
+        raise ConfigError(f"algo={cfg.algo.name} learns from its own rollouts; drop data={cfg.data}")
+    if cfg.device != "cpu":
+        raise ConfigError(f"algo={cfg.algo.name} runs on the CPU with the CPU simulators; drop device={cfg.device}")
+    if tcfg.num_threads > 0:
+        torch.set_num_threads(tcfg.num_threads)
+    run = RunDir(run_root)
+    run.save_config(cfg)
+    seed_everything(cfg.seed)
+
+    env = make_env(cfg.task, num_envs=cfg.algo.num_envs, seed=cfg.seed)
+    if not hasattr(env, "autoreset"):
+        env.close()
+        raise ConfigError(f"task '{cfg.task.name}': its env ({type(env).__name__}) cannot auto-reset, which "
+                          f"rollouts need; use a robopol.sim task")
+    env.autoreset = True
+    eval_env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes), seed=cfg.seed) if tcfg.eval_episodes else None
+    spec = env.spec
+    obs_keys = sorted(spec.observation)
+    obs_dim = sum(int(np.prod(spec.observation[k].shape)) for k in obs_keys)
+    action_dim = int(np.prod(spec.action.shape))
+    policy = build(cfg.policy, "policy", obs_dim=obs_dim, action_dim=action_dim)
+    algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps)
+
+    start, best_return = 0, -float("inf")
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume)
+        ckpt.load_modules(algo.modules())
+        state = ckpt.training_state()
+        algo.load_state_dict(state["algo"])
+        _set_rng_states(state["rng"])
+        best_return, start = state["best_return"], ckpt.step
+        if start >= tcfg.steps:
+            raise ConfigError(f"resume={cfg.resume} is already at iteration {start}; raise trainer.steps above it")
+    if overrides is not None:
+        run.record_overrides(overrides)
+    logger = MetricsLogger(run, resume_step=start if cfg.resume else None)
+    extra = {"env_spec": spec.describe(), "obs_keys": obs_keys, "action_key": ACTION_KEY, "obs_dim": obs_dim,
+             "action_dim": action_dim}
+
+    def checkpoint(iteration: int) -> None:
+        normalizer = policy_normalizer(algo, spec, obs_keys)
+        save_checkpoint(run.checkpoints, step=iteration, modules=algo.modules(), config=cfg,
+                        normalizer=(normalizer.spec(), normalizer.state_dict()),
+                        training_state={"step": iteration, "algo": algo.state_dict(), "best_return": best_return,
+                                        "rng": _rng_states()},
+                        extra=extra)
+
+    obs = env.reset(seed=cfg.seed + start * RESUME_SEED_STRIDE)
+    tracker = EpisodeTracker(env.num_envs)
+    transitions = algo.num_envs * algo.rollout_steps
+    last = tcfg.steps if tcfg.stop_after <= 0 else min(tcfg.stop_after, tcfg.steps)
+    final_eval = None
+    bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {cfg.algo.name} on {cfg.task.name}", unit="iter",
+               disable=not tcfg.progress, dynamic_ncols=True)
+    for iteration in range(start + 1, last + 1):
+        began = time.perf_counter()
+        rollout, obs = collect_rollout(env, algo, obs, obs_keys, policy_normalizer(algo, spec, obs_keys), tracker)
+        rollout_seconds = time.perf_counter() - began
+        metrics = algo.update(rollout)
+        bar.update(1)
+        if iteration % tcfg.log_every == 0 or iteration == last:
+            episodes = tracker.drain()  # the episodes that ended since the last record
+            metrics.update(episodes, env_steps=iteration * transitions,
+                           env_steps_per_s=transitions / rollout_seconds,
+                           iteration_s=time.perf_counter() - began)
+            logger.log(iteration, metrics)
+            if episodes:
+                bar.set_postfix(ret=f"{episodes['episode_return']:.1f}")
+        if tcfg.eval_episodes > 0 and (iteration == tcfg.steps or
+                                       (tcfg.eval_every > 0 and iteration % tcfg.eval_every == 0)):
+            actor = ChunkActor(algo.eval_policy(), policy_normalizer(algo, spec, obs_keys), obs_keys, ACTION_KEY)
+            final_eval = evaluate(eval_env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed)
+            logger.log(iteration, {**final_eval.as_dict(), "env_steps": iteration * transitions}, prefix="eval")
+            if tcfg.videos:
+                record_video(eval_env, actor, run.videos / f"iter_{iteration:06d}.mp4", seed=10_000 + cfg.seed)
+            if final_eval.mean_return > best_return:
+                best_return = final_eval.mean_return
+                checkpoint(iteration)
+                mark_best(run.checkpoints, iteration)
+                continue
+        if iteration % tcfg.ckpt_every == 0 or iteration == last:
+            checkpoint(iteration)
+    bar.close()
+    logger.close()
+    env.close()
+    if eval_env is not None:
+        eval_env.close()
+    plot_metrics(run.metrics, run.plots / "training.png")
+    return TrainResult(run.root, last, time.perf_counter() - t0, final_eval)
