@@ -276,6 +276,20 @@ class PPOConfig(AlgoConfig):
 
 
 @dataclass
+class PolicyFlowConfig(PPOConfig):
+    """PolicyFlow: PPO over a flow policy with learned Gaussian noise, likelihood-free ratio, Brownian regulariser (§8c)."""
+
+    name: str = "policyflow"
+    _target_: str = "robopol.algos.policyflow.PolicyFlow"
+    brownian_coef: float = 0.002
+    """w_b: weight of the Brownian regulariser mean(eta_t^2)."""
+    entropy_coef: float = 0.004
+    """w_g: weight of the Gaussian noise's entropy."""
+    max_grad_norm: float = 1.0
+    """Clip of the global gradient norm (the port: 1.0)."""
+
+
+@dataclass
 class StandinFaults:
     """Faults the MuJoCo stand-in robot injects (``robot.faults.*``); times in seconds since the episode
     started, 0 / None: off."""
@@ -621,7 +635,8 @@ def group_schemas() -> dict[str, dict[str, type]]:
         "task": TASK_SCHEMAS,
         "policy": POLICY_SCHEMAS,
         "algo": {"bc": BCConfig, "distill": DistillConfig, "qc": QCConfig, "dqc": DQCConfig, "ofql": OFQLConfig,
-                 "iql": IQLConfig, "aloe": ALOEConfig, "ppo": PPOConfig},
+                 "iql": IQLConfig, "aloe": ALOEConfig, "ppo": PPOConfig,
+                 "policyflow": PolicyFlowConfig},
         "robot": {"robot": RobotConfig},
     }
 

@@ -112,6 +112,8 @@ class PPO:
     """Gaussian PPO (see the module docstring). ``update(rollout)`` is one iteration."""
 
     online = True
+    POLICY: type[nn.Module] = GaussianPolicy
+    POLICY_OPTION = "gaussian"
 
     def __init__(self, policy: nn.Module, total_steps: int, *, name: str = "ppo", num_envs: int = 8,
                  rollout_steps: int = 256, epochs: int = 10, minibatches: int = 32, lr: float = 3e-4,
@@ -120,8 +122,9 @@ class PPO:
                  max_grad_norm: float = 0.5, norm_advantages: bool = True,
                  critic_hidden_dims: tuple[int, ...] = (64, 64), obs_norm: bool = True,
                  reward_norm: bool = True) -> None:
-        if not isinstance(policy, GaussianPolicy):
-            raise ValueError(f"algo=ppo trains the Gaussian policy: use policy=gaussian, got {type(policy).__name__}")
+        if not isinstance(policy, self.POLICY):
+            raise ValueError(f"algo={name} trains the {self.POLICY.__name__}: use policy={self.POLICY_OPTION}, got "
+                             f"{type(policy).__name__}")
         check_choice("algo.lr_schedule", lr_schedule, LR_SCHEDULES)
         for key, value in (("num_envs", num_envs), ("rollout_steps", rollout_steps), ("epochs", epochs),
                            ("minibatches", minibatches)):
@@ -189,6 +192,7 @@ class PPO:
         flat = {k: v.flatten(0, 1) for k, v in rollout.items()}
         flat["advantage"], flat["return"] = advantages.flatten(), returns.flatten()
         size = flat["advantage"].shape[0]
+        self.begin_update()
         sums: dict[str, float] = {}
         count = 0
         for _ in range(self.epochs):
@@ -201,31 +205,43 @@ class PPO:
         return {**{k: v / count for k, v in sums.items()}, "lr": self.lr, "explained_variance": explained.item(),
                 "action_std": self.policy.log_std.exp().mean().item()}
 
+    def begin_update(self) -> None:
+        """Called before the epochs of an iteration (the rollout's policy is still the current one)."""
+
+    def policy_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The minibatch's new log-densities of the stored actions (B,), the policy entropy and any extra
+        policy loss (none for the Gaussian)."""
+        dist = self.policy.distribution(batch["obs"])
+        return dist.log_prob(batch["action"]).sum(-1), dist.entropy().sum(-1).mean(), torch.zeros(())
+
+    @torch.no_grad()
+    def policy_kl(self, batch: dict[str, torch.Tensor], approx_kl: float) -> float:
+        """KL(old || new) on the minibatch after the step, which the adaptive schedule follows: analytic for
+        the Gaussian."""
+        kl = kl_divergence(Normal(batch["mean"], batch["std"]), self.policy.distribution(batch["obs"]))
+        return kl.sum(-1).mean().item()
+
     def _minibatch_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        dist = self.policy.distribution(batch["obs"])
-        logp = dist.log_prob(batch["action"]).sum(-1)
+        logp, entropy, extra_loss = self.policy_terms(batch)
         advantages = batch["advantage"]
         if self.norm_advantages and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         policy_loss, stats = clipped_surrogate_loss(logp, batch["logp"], advantages, self.clip)
         values = self.critic(batch["obs"]).squeeze(-1)
         value_loss = clipped_value_loss(values, batch["value"], batch["return"], self.value_clip)
-        entropy = dist.entropy().sum(-1).mean()
-        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
+        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy + extra_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.max_grad_norm > 0:
             nn.utils.clip_grad_norm_([*self.policy.parameters(), *self.critic.parameters()], self.max_grad_norm)
         self.optimizer.step()
-        with torch.no_grad():
-            kl = kl_divergence(Normal(batch["mean"], batch["std"]), self.policy.distribution(batch["obs"]))
-            kl = kl.sum(-1).mean().item()
+        kl = self.policy_kl(batch, stats["approx_kl"])
         if self.lr_schedule == "adaptive" and math.isfinite(kl):
             self.lr = adapt_lr(self.lr, kl, self.desired_kl)
         return {"loss": loss.item(), "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
-                "entropy": entropy.item(), "kl": kl, **stats}
+                "entropy": entropy.item(), "extra_loss": extra_loss.item(), "kl": kl, **stats}
 
     # ------------------------------------------------------------------ trainer interface
 

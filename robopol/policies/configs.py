@@ -38,6 +38,24 @@ class GaussianPolicyConfig(PolicyConfig):
 
 
 @dataclass
+class NoisyFlowPolicyConfig(PolicyConfig):
+    """Flow policy plus learned Gaussian noise over single actions (PolicyFlow's policy, algo=policyflow)."""
+
+    name: str = "noisy_flow"
+    _target_: str = "robopol.policies.noisy_flow.NoisyFlowPolicy"
+    horizon: int = 1
+    action_steps: int = 1
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
+    """Widths of the velocity MLP's hidden layers (the PolicyFlow port: 3 x 256)."""
+    time_dim: int = 64
+    """Size of the sinusoidal time embedding."""
+    flow_steps: int = 10
+    """Midpoint steps of the ODE from z to the action (K)."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the Gaussian noise (normalised action units)."""
+
+
+@dataclass
 class GenerativePolicyConfig(PolicyConfig):
     """Fields shared by the generative heads: the denoising backbone and its sizes, loss mask, sampler."""
 
@@ -146,4 +164,5 @@ POLICY_SCHEMAS: dict[str, type[PolicyConfig]] = {
     "flow": FlowPolicyConfig,
     "meanflow": MeanFlowPolicyConfig,
     "gaussian": GaussianPolicyConfig,
+    "noisy_flow": NoisyFlowPolicyConfig,
 }
