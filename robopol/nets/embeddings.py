@@ -38,7 +38,8 @@ class LevelEmbedding(nn.Sequential):
     result: a sampler's levels come from a fixed schedule, so at inference the same few embeddings are asked
     for call after call, and at batch 1 the embedding MLP is a sizeable part of each network call. An entry
     is reused only while every weight's version counter is unchanged, so an optimiser step, an EMA update or
-    ``load_state_dict`` recomputes it.
+    ``load_state_dict`` recomputes it (fused optimisers do not advance the counters; ``enable_level_cache``,
+    which every ``ChunkActor`` calls, also empties the cache).
     """
 
     CACHE_ENTRIES = 256
