@@ -2,7 +2,7 @@
 
 Task options (``configs/task/<name>.yaml``), by schema:
 
-- ``point_reach``: the numpy toy task;
+- ``point_reach``: the numpy toy task; ``multigoal``: the numpy multimodal toy task (any of 6 goals);
 - ``ogbench``: ``cube_single``, ``cube_double``, ``scene``, ``puzzle_3x3`` (goal-conditioned: each episode
   draws one of OGBench's five evaluation tasks, the goal is the ``goal`` observation) and
   ``<name>_task1`` ... ``<name>_task5`` (OGBench's single-task reward variants, no goal key);
@@ -39,6 +39,21 @@ class PointReachTaskConfig(TaskConfig):
     """Distance to the goal that counts as success."""
     max_speed: float = 0.1
     """Distance moved per step at a full-scale action."""
+
+
+@dataclass
+class MultiGoalTaskConfig(PointReachTaskConfig):
+    """A point mass at the centre of goals on a circle, any of which counts: the multimodal toy task (numpy only)."""
+
+    name: str = "multigoal"
+    _target_: str = "robopol.sim.toy.MultiGoalEnv"
+    expert: str = "robopol.sim.toy.MultiGoalExpert"
+    max_episode_steps: int = 30
+    goal_tolerance: float = 0.1
+    num_goals: int = 6
+    """Goals, evenly spaced on the circle."""
+    radius: float = 1.0
+    """Radius of the goal circle."""
 
 
 @dataclass
@@ -110,6 +125,7 @@ class LocomotionTaskConfig(SimTaskConfig):
 # Schema of each task option (``configs/task/<name>.yaml`` extends ``/schemas/task/<schema>``).
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "point_reach": PointReachTaskConfig,
+    "multigoal": MultiGoalTaskConfig,
     "ogbench": OGBenchTaskConfig,
     "maze": MazeTaskConfig,
     "fetch": FetchTaskConfig,

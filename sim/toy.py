@@ -11,6 +11,7 @@ pool's failure handling can be exercised without a physics engine.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,8 +61,7 @@ class PointReachEnv:
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        self._pos = self._rng.uniform(0.1, 0.9, size=(self.num_envs, 2))
-        self._goal = self._rng.uniform(0.1, 0.9, size=(self.num_envs, 2))
+        self._pos, self._goal = self._draw_episodes(self.num_envs)
         self._t[:] = 0
         return self._obs()
 
@@ -75,18 +75,16 @@ class PointReachEnv:
             raise ConfigError(f"task '{self.spec.task}': actions contain NaN or inf for envs {bad}")
         clipped = np.clip(actions, -1.0, 1.0)
         self.clipped_actions += int(np.any(clipped != actions, axis=1).sum())
-        self._pos = np.clip(self._pos + self.max_speed * clipped, 0.0, 1.0)
+        self._pos = np.clip(self._pos + self.max_speed * clipped, *self.ARENA)
         self._t += 1
-        dist = np.linalg.norm(self._goal - self._pos, axis=1)
+        dist = self._goal_distance()
         success = dist < self.goal_tolerance
         truncated = (self._t >= self.spec.max_episode_steps) & ~success
         obs, info = self._obs(), {}
         ended = success | truncated
         if self.autoreset and ended.any():
             info["final_obs"] = {k: v.copy() for k, v in obs.items()}
-            n = int(ended.sum())
-            self._pos[ended] = self._rng.uniform(0.1, 0.9, size=(n, 2))
-            self._goal[ended] = self._rng.uniform(0.1, 0.9, size=(n, 2))
+            self._pos[ended], self._goal[ended] = self._draw_episodes(int(ended.sum()))
             self._t[ended] = 0
             obs = self._obs()
         return StepResult(obs=obs, reward=-dist.astype(np.float32), terminated=success.copy(), truncated=truncated,
@@ -95,8 +93,80 @@ class PointReachEnv:
     def close(self) -> None:
         pass
 
+    ARENA = (0.0, 1.0)
+    """Bounds of the square the point moves in."""
+
+    def _draw_episodes(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Start positions and goals of ``n`` new episodes."""
+        return self._rng.uniform(0.1, 0.9, size=(n, 2)), self._rng.uniform(0.1, 0.9, size=(n, 2))
+
+    def _goal_distance(self) -> np.ndarray:
+        return np.linalg.norm(self._goal - self._pos, axis=1)
+
     def _obs(self) -> dict[str, np.ndarray]:
         return {"pos": self._pos.astype(np.float32), "goal": self._goal.astype(np.float32)}
+
+
+class MultiGoalEnv(PointReachEnv):
+    """The point starts at the centre of ``num_goals`` goals on a circle and succeeds at any of them.
+
+    Every goal is equally good (the reward is minus the distance to the nearest goal), so an optimal policy
+    may go to any of them: the multi-goal task on which PolicyFlow's Brownian regulariser keeps every mode
+    where Gaussian PPO settles on one (algorithms.md §8c). The observation is the position only.
+    """
+
+    ARENA = (-1.5, 1.5)
+
+    def __init__(self, num_envs: int = 1, seed: int = 0, max_episode_steps: int = 30, goal_tolerance: float = 0.1,
+                 max_speed: float = 0.1, num_goals: int = 6, radius: float = 1.0, name: str = "multigoal") -> None:
+        if num_goals < 1 or radius <= 0:
+            raise ConfigError(f"task '{name}': num_goals must be at least 1 and radius positive, got {num_goals} "
+                              f"and {radius}")
+        super().__init__(num_envs, seed, max_episode_steps, goal_tolerance, max_speed, name)
+        angles = 2 * np.pi * np.arange(num_goals) / num_goals
+        self.goals = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        low, high = self.ARENA
+        self.spec = replace(self.spec, observation={
+            "pos": ArraySpec((2,), low=(low, low), high=(high, high), names=("x", "y"))}, goal_key=None)
+
+    def nearest_goal(self, pos: np.ndarray) -> np.ndarray:
+        """Index of the goal nearest to each position (N, 2)."""
+        return np.linalg.norm(pos[:, None] - self.goals[None], axis=-1).argmin(axis=1)
+
+    def _draw_episodes(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._rng.normal(0.0, 0.01, size=(n, 2)), np.zeros((n, 2))  # goals are fixed
+
+    def _goal_distance(self) -> np.ndarray:
+        return np.linalg.norm(self._pos[:, None] - self.goals[None], axis=-1).min(axis=1)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"pos": self._pos.astype(np.float32)}
+
+
+class MultiGoalExpert:
+    """Heads for one goal per episode, drawn uniformly: demonstrations with ``num_goals`` modes."""
+
+    def __init__(self, env: MultiGoalEnv, noise: float = 0.0, seed: int = 0) -> None:
+        self.goals, self.max_speed, self.noise = env.goals, env.max_speed, noise
+        self._rng = np.random.default_rng(seed)
+        self._target: np.ndarray | None = None
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._target = None
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        pos = obs["pos"]
+        near_start = np.linalg.norm(pos, axis=1) < 0.05  # a new episode: pick its goal
+        if self._target is None or len(self._target) != len(pos):
+            self._target = self.goals[self._rng.integers(len(self.goals), size=len(pos))]
+        elif near_start.any():
+            self._target[near_start] = self.goals[self._rng.integers(len(self.goals), size=int(near_start.sum()))]
+        action = np.clip((self._target - pos) / self.max_speed, -1.0, 1.0)
+        if self.noise > 0:
+            action = action + self.noise * self._rng.standard_normal(action.shape)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
 class PointReachExpert:
