@@ -11,8 +11,8 @@ pool's failure handling can be exercised without a physics engine.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 

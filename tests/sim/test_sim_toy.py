@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from robopol.sim.toy import MultiGoalEnv, MultiGoalExpert, PointReachEnv
 
 from robopol.errors import ConfigError
-from robopol.sim.toy import MultiGoalEnv, MultiGoalExpert, PointReachEnv
 
 
 def test_point_reach_auto_reset_reports_final_observations_and_starts_new_episodes():
