@@ -134,7 +134,7 @@ def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_
 def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = None) -> Any:
     """Train an on-policy algorithm as ``cfg`` says in ``run_root`` (see the module docstring); returns the
     trainer's ``TrainResult``."""
-    from robopol.train.trainer import TrainResult, _rng_states, _set_rng_states, build, seed_everything
+    from robopol.train.trainer import TrainResult, seed_everything
 
     t0 = time.perf_counter()
     tcfg = cfg.trainer
@@ -152,12 +152,29 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
     seed_everything(cfg.seed)
 
     env = make_env(cfg.task, num_envs=cfg.algo.num_envs, seed=cfg.seed)
-    if not hasattr(env, "autoreset"):
+    eval_env = None
+    try:  # the envs (worker processes, for most tasks) close whatever happens
+        if not hasattr(env, "autoreset"):
+            raise ConfigError(f"task '{cfg.task.name}': its env ({type(env).__name__}) cannot auto-reset, which "
+                              f"rollouts need; use a robopol.sim task")
+        env.autoreset = True
+        if tcfg.eval_episodes:
+            eval_env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes), seed=cfg.seed)
+        final_eval, last = _train(cfg, run, env, eval_env, overrides)
+    finally:
         env.close()
-        raise ConfigError(f"task '{cfg.task.name}': its env ({type(env).__name__}) cannot auto-reset, which "
-                          f"rollouts need; use a robopol.sim task")
-    env.autoreset = True
-    eval_env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes), seed=cfg.seed) if tcfg.eval_episodes else None
+        if eval_env is not None:
+            eval_env.close()
+    plot_metrics(run.metrics, run.plots / "training.png")
+    return TrainResult(run.root, last, time.perf_counter() - t0, final_eval)
+
+
+def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv | None,
+           overrides: list[str] | None) -> tuple[Any, int]:
+    """The body of :func:`train_online` once its envs exist; returns the last evaluation and iteration."""
+    from robopol.train.trainer import _rng_states, _set_rng_states, build
+
+    tcfg = cfg.trainer
     spec = env.spec
     obs_keys = sorted(spec.observation)
     obs_dim = sum(int(np.prod(spec.observation[k].shape)) for k in obs_keys)
@@ -226,8 +243,4 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
             checkpoint(iteration)
     bar.close()
     logger.close()
-    env.close()
-    if eval_env is not None:
-        eval_env.close()
-    plot_metrics(run.metrics, run.plots / "training.png")
-    return TrainResult(run.root, last, time.perf_counter() - t0, final_eval)
+    return final_eval, last

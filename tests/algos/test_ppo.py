@@ -255,3 +255,23 @@ def test_online_loop_refuses_data_and_offline_policies(tmp_path):
         train(compose("train", [*BASE, "data=some.zarr"]), tmp_path / "a")
     with pytest.raises(ConfigError, match="use policy=gaussian"):
         train(compose("train", [*BASE, "policy=mlp"]), tmp_path / "b")
+
+
+def test_online_loop_closes_its_envs_when_setup_fails(tmp_path, monkeypatch):
+    from robopol.cli.app import compose
+    from robopol.errors import ConfigError
+    from robopol.train import online
+    from robopol.train.trainer import train
+
+    closed = []
+    real_make_env = online.make_env
+
+    def recording_make_env(task, num_envs, seed):
+        env = real_make_env(task, num_envs=num_envs, seed=seed)
+        env.close = lambda: closed.append(num_envs)
+        return env
+
+    monkeypatch.setattr(online, "make_env", recording_make_env)
+    with pytest.raises(ConfigError, match="use policy=gaussian"):
+        train(compose("train", [*BASE, "policy=mlp"]), tmp_path / "run")
+    assert sorted(closed) == [2, 4]  # the evaluation envs and the rollout envs
