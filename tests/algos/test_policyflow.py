@@ -13,23 +13,13 @@ from torch.distributions import Normal
 from robopol.algos.policyflow import PolicyFlow, brownian_residual, interpolation_times, policy_log_density
 from robopol.policies.noisy_flow import NoisyFlowPolicy
 
+from .helpers import bandit_rollout
+
 
 def make_policyflow(**kw) -> PolicyFlow:
     torch.manual_seed(0)
     policy = NoisyFlowPolicy(obs_dim=2, action_dim=1, hidden_dims=(32, 32), time_dim=8, flow_steps=4)
     return PolicyFlow(policy, total_steps=10, num_envs=4, rollout_steps=8, critic_hidden_dims=(16,), **kw)
-
-
-def bandit_rollout(algo: PolicyFlow, steps: int = 8) -> dict[str, torch.Tensor]:
-    """Contextual bandit: obs s ~ U[-1, 1]^2, reward -(a - s_0)^2, every step ends an episode."""
-    rows = []
-    for _ in range(steps):
-        obs = torch.rand(algo.num_envs, 2) * 2 - 1
-        out = algo.act(obs)
-        reward = -(out["action"][:, 0].clamp(-1, 1) - obs[:, 0]).pow(2)
-        rows.append({"obs": obs, **out, "reward": reward, "next_value": torch.zeros(algo.num_envs),
-                     "episode_end": torch.ones(algo.num_envs, dtype=torch.bool)})
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def test_rollout_fields_and_the_ratio_of_an_unchanged_policy_is_one():

@@ -21,6 +21,8 @@ from robopol.algos.ppo import (
 )
 from robopol.policies.gaussian import GaussianPolicy
 
+from .helpers import bandit_rollout
+
 
 def test_gae_matches_a_hand_computed_rollout_with_an_episode_end():
     # one env, 3 steps; the episode ends after step 1 (its next value already accounts for how it ended)
@@ -107,18 +109,6 @@ def test_reward_scaling_divides_by_the_std_of_the_discounted_return():
     expected = np.array([1.5, 2.0, 2.5, 1.0])
     all_returns = np.concatenate([returns, expected])
     np.testing.assert_allclose(algo.return_rms.var.item(), all_returns.var(), rtol=1e-10)
-
-
-def bandit_rollout(algo: PPO, steps: int = 8) -> dict[str, torch.Tensor]:
-    """A contextual bandit: obs s ~ U[-1, 1]^2, reward -(a - s_0)^2, every step ends an episode."""
-    rows = []
-    for _ in range(steps):
-        obs = torch.rand(algo.num_envs, 2) * 2 - 1
-        out = algo.act(obs)
-        reward = -(out["action"][:, 0].clamp(-1, 1) - obs[:, 0]).pow(2)
-        rows.append({"obs": obs, **out, "reward": reward, "next_value": torch.zeros(algo.num_envs),
-                     "episode_end": torch.ones(algo.num_envs, dtype=torch.bool)})
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def test_ppo_learns_a_contextual_bandit():
@@ -229,10 +219,8 @@ def test_checkpoint_normalizer_reproduces_the_training_normalisation():
 
     env = make_env(compose("train", BASE).task, num_envs=3, seed=0)
     keys = sorted(env.spec.observation)
-    algo = make_ppo()
-    algo.policy = GaussianPolicy(obs_dim=sum(int(np.prod(env.spec.observation[k].shape)) for k in keys),
-                                 action_dim=2)
-    algo.obs_rms = RunningMeanStd(algo.policy.obs_dim)
+    obs_dim = sum(int(np.prod(env.spec.observation[k].shape)) for k in keys)
+    algo = PPO(GaussianPolicy(obs_dim=obs_dim, action_dim=2), total_steps=1, num_envs=3, minibatches=1)
     obs = env.reset(seed=0)
     for _ in range(3):
         algo.normalize_obs(flat_obs(obs, keys), update=True)
