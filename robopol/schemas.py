@@ -269,6 +269,8 @@ class PPOConfig(AlgoConfig):
     """Normalise advantages per minibatch."""
     critic_hidden_dims: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden widths of the value MLP (tanh)."""
+    critic_lr: float = 0.0
+    """Adam rate of the value MLP (0: the policy's, following its schedule; else fixed, annealed by linear)."""
     obs_norm: bool = True
     """Normalise observations by running mean and std."""
     reward_norm: bool = True
@@ -287,6 +289,40 @@ class PolicyFlowConfig(PPOConfig):
     """w_g: weight of the Gaussian noise's entropy."""
     max_grad_norm: float = 1.0
     """Clip of the global gradient norm (the port: 1.0)."""
+
+
+@dataclass
+class DPPOConfig(PPOConfig):
+    """Denoising-step PPO (DPPO / RL-100): each fine-tuned DDIM step of a diffusion policy is a Gaussian action (§8a, §7b)."""
+
+    name: str = "dppo"
+    _target_: str = "robopol.algos.dppo.DPPO"
+    ft_steps: int = 5
+    """K': the last denoising steps that are fine-tuned (the earlier ones run a frozen copy)."""
+    sampling_std: float = 0.1
+    """Std of the Gaussian noise added at each fine-tuned step (DPPO's min_sampling_denoising_std)."""
+    logprob_std: float = 0.1
+    """Floor of the std in the step log-densities (DPPO's min_logprob_denoising_std)."""
+    clip: float = 0.01
+    """Ratio clip of the last (least noisy) denoising step."""
+    clip_base: float = 0.001
+    """Ratio clip of the noisiest fine-tuned step; the clip grows exponentially from it to clip."""
+    clip_rate: float = 3.0
+    """Rate of that exponential growth (0: linear)."""
+    gamma_denoise: float = 0.99
+    """Advantage discount per denoising step away from the last one."""
+    lr: float = 1e-4
+    """Adam rate of the diffusion network."""
+    critic_lr: float = 1e-3
+    """Adam rate of the value MLP."""
+    epochs: int = 5
+    """Passes over each rollout."""
+    minibatches: int = 4
+    """Minibatches per pass."""
+    value_clip: float = 0.0
+    """Clip of the value change in the value loss (0: plain squared error, DPPO's default)."""
+    critic_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
+    """Hidden widths of the value MLP (tanh; DPPO: 3 x 256)."""
 
 
 @dataclass
@@ -636,7 +672,7 @@ def group_schemas() -> dict[str, dict[str, type]]:
         "policy": POLICY_SCHEMAS,
         "algo": {"bc": BCConfig, "distill": DistillConfig, "qc": QCConfig, "dqc": DQCConfig, "ofql": OFQLConfig,
                  "iql": IQLConfig, "aloe": ALOEConfig, "ppo": PPOConfig,
-                 "policyflow": PolicyFlowConfig},
+                 "policyflow": PolicyFlowConfig, "dppo": DPPOConfig},
         "robot": {"robot": RobotConfig},
     }
 

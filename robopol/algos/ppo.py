@@ -11,7 +11,8 @@ The details follow cleanrl's ``ppo_continuous_action`` and rsl_rl's PPO (anchors
 - **Losses.** The clipped surrogate, the clipped value loss, an entropy bonus, and gradient-norm clipping.
 - **Learning rate.** ``fixed``, ``linear`` (annealed to 0 over ``trainer.steps`` iterations, cleanrl) or
   ``adaptive``: after each minibatch the analytic KL between the old and the new Gaussian moves the rate
-  (divided by 1.5 above twice ``desired_kl``, multiplied by 1.5 below half of it; rsl_rl).
+  (divided by 1.5 above twice ``desired_kl``, multiplied by 1.5 below half of it; rsl_rl). The critic shares
+  the policy's rate unless ``critic_lr`` gives it its own (then only ``linear`` moves it).
 - **Observation normalisation.** A running mean and variance over every observation the rollouts see.
   Observations are not clipped, so a checkpoint's normaliser (``meanstd``) reproduces the map exactly at
   evaluation and deployment.
@@ -120,7 +121,7 @@ class PPO:
                  lr_schedule: str = "fixed", desired_kl: float = 0.01, gamma: float = 0.99, lam: float = 0.95,
                  clip: float = 0.2, value_clip: float = 0.2, entropy_coef: float = 0.0, value_coef: float = 0.5,
                  max_grad_norm: float = 0.5, norm_advantages: bool = True,
-                 critic_hidden_dims: tuple[int, ...] = (64, 64), obs_norm: bool = True,
+                 critic_hidden_dims: tuple[int, ...] = (64, 64), critic_lr: float = 0.0, obs_norm: bool = True,
                  reward_norm: bool = True) -> None:
         if not isinstance(policy, self.POLICY):
             raise ValueError(f"algo={name} trains the {self.POLICY.__name__}: use policy={self.POLICY_OPTION}, got "
@@ -138,6 +139,7 @@ class PPO:
         self.name, self.policy, self.total_steps = name, policy, total_steps
         self.num_envs, self.rollout_steps, self.epochs, self.minibatches = num_envs, rollout_steps, epochs, minibatches
         self.lr, self.initial_lr, self.lr_schedule, self.desired_kl = lr, lr, lr_schedule, desired_kl
+        self.critic_lr = critic_lr  # 0: the critic shares the policy's rate, schedules included
         self.gamma, self.lam, self.clip, self.value_clip = gamma, lam, clip, value_clip
         self.entropy_coef, self.value_coef, self.max_grad_norm = entropy_coef, value_coef, max_grad_norm
         self.norm_advantages, self.obs_norm, self.reward_norm = norm_advantages, obs_norm, reward_norm
@@ -146,7 +148,8 @@ class PPO:
         self.return_rms = RunningMeanStd()
         # the discounted return of each env's current episode, which reward scaling tracks
         self.running_return = torch.zeros(num_envs, dtype=torch.float64)
-        self.optimizer = torch.optim.Adam([*policy.parameters(), *self.critic.parameters()], lr=lr, eps=1e-5)
+        self.optimizer = torch.optim.Adam([{"params": list(policy.parameters())},
+                                           {"params": list(self.critic.parameters())}], lr=lr, eps=1e-5)
         self.iterations = 0
 
     # ------------------------------------------------------------------ acting
@@ -203,7 +206,11 @@ class PPO:
                 count += 1
         explained = 1.0 - (flat["return"] - flat["value"]).var() / flat["return"].var().clamp_min(1e-8)
         return {**{k: v / count for k, v in sums.items()}, "lr": self.lr, "explained_variance": explained.item(),
-                "action_std": self.policy.log_std.exp().mean().item()}
+                "action_std": self.exploration_std()}
+
+    def exploration_std(self) -> float:
+        """The mean standard deviation of the exploration noise (logged)."""
+        return self.policy.log_std.exp().mean().item()
 
     def begin_update(self) -> None:
         """Called before the epochs of an iteration (the rollout's policy is still the current one)."""
@@ -214,6 +221,11 @@ class PPO:
         dist = self.policy.distribution(batch["obs"])
         return dist.log_prob(batch["action"]).sum(-1), dist.entropy().sum(-1).mean(), torch.zeros(())
 
+    def surrogate(self, logp: torch.Tensor, old_logp: torch.Tensor,
+                  advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The clipped surrogate loss of the minibatch from :meth:`policy_terms`' log-densities."""
+        return clipped_surrogate_loss(logp, old_logp, advantages, self.clip)
+
     @torch.no_grad()
     def policy_kl(self, batch: dict[str, torch.Tensor], approx_kl: float) -> float:
         """KL(old || new) on the minibatch after the step, which the adaptive schedule follows: analytic for
@@ -222,13 +234,15 @@ class PPO:
         return kl.sum(-1).mean().item()
 
     def _minibatch_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+        policy_group, critic_group = self.optimizer.param_groups
+        policy_group["lr"] = self.lr
+        critic_group["lr"] = self.lr if self.critic_lr <= 0 else self.critic_lr * (
+            self.lr / self.initial_lr if self.lr_schedule == "linear" else 1.0)  # its own rate: only annealed
         logp, entropy, extra_loss = self.policy_terms(batch)
         advantages = batch["advantage"]
         if self.norm_advantages and advantages.numel() > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-        policy_loss, stats = clipped_surrogate_loss(logp, batch["logp"], advantages, self.clip)
+        policy_loss, stats = self.surrogate(logp, batch["logp"], advantages)
         values = self.critic(batch["obs"]).squeeze(-1)
         value_loss = clipped_value_loss(values, batch["value"], batch["return"], self.value_clip)
         loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy + extra_loss
