@@ -434,6 +434,24 @@ class TrainerConfig:
     """Show a progress bar."""
 
 
+@dataclass
+class OnlineConfig:
+    """Offline-to-online fine-tuning (qc, dqc, ofql): act in the simulator after the offline steps (QC's protocol)."""
+
+    steps: int = 0
+    """Env steps of the online phase after trainer.steps gradient steps (0: offline only)."""
+    envs: int = 1
+    """Envs acting in lockstep (QC: 1)."""
+    utd: int = 1
+    """Gradient steps per env step (update-to-data ratio; QC: 1)."""
+    ratio: float = 0.5
+    """Share of each batch drawn from the online episodes once there are any (RLPD's symmetric sampling: 0.5)."""
+    start: int = 0
+    """Env steps collected before the online updates begin (QC: 5000 from scratch; 0 continues at once)."""
+    eval_every: int = 0
+    """Env steps between evaluations in the online phase (0: only at its end)."""
+
+
 # ------------------------------------------------------------------------------------- commands
 
 
@@ -445,6 +463,8 @@ class TrainCommand:
     policy: Any = MISSING
     algo: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
+    """Offline-to-online fine-tuning after the offline steps (qc, dqc, ofql)."""
     data: str = ""
     """Episode store path or URL; empty collects expert demonstrations for the task first."""
     demos: int = 100

@@ -130,6 +130,9 @@ def goal_rewards(batch: dict[str, torch.Tensor], gamma: float) -> dict[str, torc
 class DQC(OfflineRL):
     """Decoupled Q-chunking (see the module docstring)."""
 
+    online_finetune = True
+    """Can continue online after its offline steps (``online.steps``, :mod:`robopol.train.finetune`)."""
+
     def __init__(self, policy: nn.Module, total_steps: int, *, name: str = "dqc", lr: float = 3e-4,
                  gamma: float = 0.999, tau: float = 0.005, reward: str = "success", chunk_horizon: int = 25,
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (1024, 1024, 1024, 1024),

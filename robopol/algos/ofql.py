@@ -71,6 +71,9 @@ def actor_loss(policy: MeanFlowPolicy, critic: CriticEnsemble, bc_batch: dict[st
 class OFQL(OfflineRL):
     """One-step flow Q-learning (see the module docstring)."""
 
+    online_finetune = True
+    """Can continue online after its offline steps (``online.steps``, :mod:`robopol.train.finetune`)."""
+
     def __init__(self, policy: nn.Module, total_steps: int, *, name: str = "ofql", lr: float = 3e-4,
                  gamma: float = 0.99, tau: float = 0.005, reward: str = "store", eta: float = 0.1,
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512),

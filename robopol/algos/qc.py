@@ -69,6 +69,9 @@ def distill_actor_loss(actor: OneStepActor, flow: nn.Module, critic: CriticEnsem
 class QC(OfflineRL):
     """Q-chunking with best-of-N or distilled one-step extraction (see the module docstring)."""
 
+    online_finetune = True
+    """Can continue online after its offline steps (``online.steps``, :mod:`robopol.train.finetune`)."""
+
     def __init__(self, policy: nn.Module, total_steps: int, *, name: str = "qc", lr: float = 3e-4,
                  gamma: float = 0.99, tau: float = 0.005, reward: str = "store", num_critics: int = 2,
                  critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512), layer_norm: bool = True,

@@ -3,8 +3,9 @@
 One function, ``train(cfg, run_root)``, serves every algorithm whose object has ``update(batch)``,
 ``modules()``, ``eval_policy()``, ``validation_loss(batch)`` and ``state_dict()``/``load_state_dict()``.
 Resuming from a run directory restores weights, optimizer and scheduler, the sampler position and every RNG,
-so N steps + resume + N steps equals 2N steps bit for bit on CPU. Algorithms that learn from their own
-rollouts (``online = True``) go to :func:`robopol.train.online.train_online` instead.
+so N steps + resume + N steps equals 2N steps bit for bit on CPU. With ``online.steps``, the chunk-critic
+algorithms then go on learning from their own episodes (:mod:`robopol.train.finetune`). Algorithms that learn
+only from their own rollouts (``online = True``) go to :func:`robopol.train.online.train_online` instead.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from robopol.envs import EnvSpec
 from robopol.errors import ConfigError
 from robopol.runtime import ChunkActor, EvalResult, evaluate, obs_features, record_video
 from robopol.tasks import make_env
+from robopol.train.finetune import ONLINE_STORE, MixedSampler, OnlineReplay, OnlineState, finetune_online
 from robopol.train.run import MetricsLogger, RunDir, plot_metrics
 
 ACTION_KEY = "action"
@@ -125,6 +127,9 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
         policy.head.load_state_dict(teacher.state_dict())
     algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps,
                  **({"teacher": teacher} if teacher is not None else {}))
+    online = cfg.online.steps > 0
+    if online:
+        _check_online(cfg, algo)
     options = algo.window_options() if hasattr(algo, "window_options") else {}
     if options.get("critic"):
         arrays.update(_load_rewards(store, data_location, algo))
@@ -156,6 +161,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
 
     start = 0
     best_success = -1.0  # success rate of checkpoints/best
+    online_state = OnlineState()
     if ckpt is not None:
         ckpt.load_modules(algo.modules())
         state = ckpt.training_state()
@@ -165,9 +171,11 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             val_sampler.load_state_dict(state["val_sampler"])
         _set_rng_states(state["rng"])
         best_success = state["best_success"]
+        online_state = OnlineState.from_dict(state.get("online"))
         start = ckpt.step
-        if start >= tcfg.steps:
-            raise ConfigError(f"resume={cfg.resume} is already at step {start}; raise trainer.steps above it")
+        if start >= tcfg.steps + cfg.online.steps:
+            raise ConfigError(f"resume={cfg.resume} is already at step {start}; raise trainer.steps (or "
+                              f"online.steps) above it")
 
     if overrides is not None:  # only now: a resume that failed to load must not change the record
         run.record_overrides(overrides)
@@ -181,14 +189,14 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             normalizer=(normalizer.spec(), normalizer.state_dict()),
             training_state={"step": step, "algo": algo.state_dict(), "sampler": sampler.state_dict(),
                             "val_sampler": val_sampler.state_dict() if val_sampler is not None else None,
-                            "best_success": best_success, "rng": _rng_states()},
+                            "best_success": best_success, "rng": _rng_states(), "online": online_state.as_dict()},
             extra=extra,
         )
 
     last = tcfg.steps if tcfg.stop_after <= 0 else min(tcfg.stop_after, tcfg.steps)
     final_eval = None
-    bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {cfg.algo.name}/{pcfg.name}", unit="step",
-               disable=not tcfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=tcfg.steps + cfg.online.steps, initial=start, desc=f"train {cfg.algo.name}/{pcfg.name}",
+               unit="step", disable=not tcfg.progress, dynamic_ncols=True)
     update_seconds, updates = 0.0, 0  # time spent sampling and updating since the last record
     for step in range(start + 1, last + 1):
         began = time.perf_counter()
@@ -219,6 +227,24 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
                 continue  # this step is saved already
         if step % tcfg.ckpt_every == 0 or step == last:
             checkpoint(step)
+    if online and (tcfg.stop_after <= 0 or tcfg.stop_after > tcfg.steps):
+
+        def online_checkpoint(step: int, state: OnlineState, result: Any) -> None:
+            nonlocal best_success, online_state
+            online_state = state
+            if result is not None and result.success_rate > best_success:
+                best_success = result.success_rate
+                checkpoint(step)
+                mark_best(run.checkpoints, step)
+            else:
+                checkpoint(step)
+
+        replay = OnlineReplay(str(run.root / ONLINE_STORE), window, obs_keys, algo.prepare_rewards, cfg.seed)
+        final_eval = finetune_online(
+            cfg, algo, MixedSampler(sampler, cfg.online.ratio), replay, online_state,
+            lambda windows: to_batch(windows, obs_keys, normalizer, device, step_keys, goal_key), normalizer,
+            obs_keys, device, env, logger.log, online_checkpoint, bar) or final_eval
+        last = tcfg.steps + online_state.env_steps
     bar.close()
     logger.close()
     env.close()
@@ -277,6 +303,21 @@ def _load_teacher(ckpt: Checkpoint, obs_dim: int, action_dim: int) -> nn.Module:
     teacher = build(ckpt.config.policy, "policy", obs_dim=obs_dim, action_dim=action_dim)
     ckpt.load_modules({"ema" if "ema" in ckpt.module_names() else "policy": teacher})
     return teacher
+
+
+def _check_online(cfg: DictConfig, algo: Any) -> None:
+    """The online phase's settings, and an algorithm that can continue online."""
+    if not getattr(algo, "online_finetune", False):
+        raise ConfigError(f"online.steps={cfg.online.steps}: algo={cfg.algo.name} has no online phase; offline-to-online "
+                          f"fine-tuning runs algo=qc, dqc or ofql")
+    for key in ("envs", "utd"):
+        if cfg.online[key] < 1:
+            raise ConfigError(f"online.{key} must be at least 1, got {cfg.online[key]}")
+    if cfg.online.start < 0 or cfg.online.eval_every < 0:
+        raise ConfigError(f"online.start and online.eval_every must be >= 0, got {cfg.online.start} and "
+                          f"{cfg.online.eval_every}")
+    if not 0.0 <= cfg.online.ratio <= 1.0:
+        raise ConfigError(f"online.ratio must be in [0, 1], got {cfg.online.ratio}")
 
 
 def _collect_demos(cfg: DictConfig, run: RunDir) -> str:
