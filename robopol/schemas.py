@@ -323,6 +323,14 @@ class DPPOConfig(PPOConfig):
     """Clip of the value change in the value loss (0: plain squared error, DPPO's default)."""
     critic_hidden_dims: list[int] = field(default_factory=lambda: [256, 256, 256])
     """Hidden widths of the value MLP (tanh; DPPO: 3 x 256)."""
+    student: bool = False
+    """Distil a one-step consistency head from the current chain after every iteration (RL-100's CD head)."""
+    student_lr: float = 1e-4
+    """Adam rate of the consistency head."""
+    student_epochs: int = 1
+    """Passes of action matching over each rollout's observations."""
+    deploy: str = "chain"
+    """What evaluation and deployment run: chain (the fine-tuned DDIM chain) or student (the one-step head)."""
 
 
 @dataclass

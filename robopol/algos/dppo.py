@@ -21,6 +21,11 @@ the noise-free chain *is* the deployed policy, and ``sigma = sampling_std`` (DPP
   the way at ``u = k / (K' - 1)`` (:func:`step_clips`): noisy steps are clipped tighter.
 - **Critic** ``V(s)``, its loss, GAE and normalisation are :class:`PPO`'s; the exploration std is fixed, so
   there is no entropy bonus.
+- **Consistency head** (``student=true``, RL-100's CD head): a one-step
+  :class:`robopol.policies.consistency.ConsistencyPolicy`, warm-started as a copy of the diffusion head, is
+  distilled after every iteration from the *current* noise-free chain by same-noise action matching
+  (:func:`student_loss`) over the rollout's observations, so the one-step policy follows the RL
+  improvements. ``deploy=student`` makes it the evaluated and deployed policy.
 
 Deviations: RL-100 samples with DDIM eta = 1 (its noise scale sets sigma); here the means are eta = 0 and the
 std is the floor, so that evaluation needs no second sampler. Only single-action rollouts are built
@@ -39,10 +44,13 @@ from torch import nn
 from torch.distributions import Normal
 
 from robopol.algos.ppo import PPO, clipped_surrogate_loss
+from robopol.policies.base import check_choice
+from robopol.policies.consistency import ConsistencyPolicy
 from robopol.policies.diffusion import DiffusionPolicy
 
 LOGPROB_CLAMP = (-5.0, 2.0)
 """DPPO's clamp of every element's log-density before the mean."""
+DEPLOY = ("chain", "student")
 
 
 def chain_levels(policy: DiffusionPolicy) -> torch.Tensor:
@@ -95,6 +103,19 @@ def run_chain(frozen: DiffusionPolicy, policy: DiffusionPolicy, obs: torch.Tenso
     return torch.stack(states, dim=1)
 
 
+def student_loss(student: ConsistencyPolicy, frozen: DiffusionPolicy, policy: DiffusionPolicy, obs: torch.Tensor,
+                 levels: torch.Tensor, ft_steps: int,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Same-noise action matching: the student's one call from noise against the current noise-free chain."""
+    noise = torch.randn((obs.shape[0], policy.horizon, policy.action_dim), generator=generator, device=obs.device,
+                        dtype=obs.dtype)
+    with torch.no_grad():
+        goal = run_chain(frozen, policy, obs, noise, levels, ft_steps, 0.0)[:, -1]
+    level = student.head.level_at(1.0).to(obs.device).expand(obs.shape[0])
+    loss = (student.consistency(noise, level, obs) - goal).pow(2).mean()
+    return loss, {"student_mse": loss.item()}
+
+
 class FinetunedDiffusion(nn.Module):
     """The deployed DPPO policy: the noise-free chain, its early steps by the frozen network."""
 
@@ -122,7 +143,8 @@ class DPPO(PPO):
 
     def __init__(self, policy: nn.Module, total_steps: int, *, name: str = "dppo", ft_steps: int = 5,
                  sampling_std: float = 0.1, logprob_std: float = 0.1, clip_base: float = 0.001,
-                 clip_rate: float = 3.0, gamma_denoise: float = 0.99, **ppo: Any) -> None:
+                 clip_rate: float = 3.0, gamma_denoise: float = 0.99, student: bool = False,
+                 student_lr: float = 1e-4, student_epochs: int = 1, deploy: str = "chain", **ppo: Any) -> None:
         super().__init__(policy, total_steps, name=name, **ppo)
         if policy.obs_steps != 1 or policy.action_steps != 1:
             raise ValueError(f"algo=dppo rolls out one observation and one executed action per decision: set "
@@ -140,6 +162,11 @@ class DPPO(PPO):
             raise ValueError(f"algo.clip_base must be in (0, algo.clip={self.clip}], got {clip_base}")
         if not 0 < gamma_denoise <= 1:
             raise ValueError(f"algo.gamma_denoise must be in (0, 1], got {gamma_denoise}")
+        check_choice("algo.deploy", deploy, DEPLOY)
+        if deploy == "student" and not student:
+            raise ValueError("algo.deploy=student needs the consistency head: set algo.student=true")
+        if student_epochs < 1:
+            raise ValueError(f"algo.student_epochs must be at least 1, got {student_epochs}")
         self.ft_steps, self.sampling_std = ft_steps, sampling_std
         self.logprob_std = max(sampling_std, logprob_std)
         self.frozen = copy.deepcopy(policy).requires_grad_(False)
@@ -147,6 +174,30 @@ class DPPO(PPO):
         self.ft_levels = self.levels[-ft_steps - 1:]
         self.clips = step_clips(ft_steps, clip_base, self.clip, clip_rate)
         self.advantage_weights = gamma_denoise ** torch.arange(ft_steps - 1, -1, -1, dtype=torch.float32)
+        self.deploy, self.student_epochs = deploy, student_epochs
+        self.student = ConsistencyPolicy(policy.obs_dim, policy.action_dim, policy) if student else None
+        self.student_optimizer = (torch.optim.Adam(self.student.parameters(), lr=student_lr)
+                                  if self.student is not None else None)
+
+    def update(self, rollout: dict[str, torch.Tensor]) -> dict[str, float]:
+        metrics = super().update(rollout)
+        if self.student is not None:
+            metrics.update(self.distill_student(rollout["obs"].flatten(0, 1)))
+        return metrics
+
+    def distill_student(self, obs: torch.Tensor) -> dict[str, float]:
+        """``student_epochs`` passes of action matching over ``obs`` (N, obs_dim) in ``minibatches`` batches."""
+        assert self.student is not None and self.student_optimizer is not None
+        total, count = 0.0, 0
+        for _ in range(self.student_epochs):
+            for idx in torch.randperm(obs.shape[0]).chunk(self.minibatches):
+                loss, _ = student_loss(self.student, self.frozen, self.policy, obs[idx][:, None], self.levels,
+                                       self.ft_steps)
+                self.student_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.student_optimizer.step()
+                total, count = total + loss.item(), count + 1
+        return {"student_mse": total / count}
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -176,14 +227,33 @@ class DPPO(PPO):
     # ------------------------------------------------------------------ trainer interface
 
     def modules(self) -> dict[str, nn.Module]:
-        return {**super().modules(), "frozen": self.frozen}
+        return {**super().modules(), "frozen": self.frozen,
+                **({"student": self.student} if self.student is not None else {})}
 
     def eval_policy(self) -> nn.Module:
+        if self.deploy == "student":
+            return self.student
         return FinetunedDiffusion(self.frozen, self.policy, self.ft_steps)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.student_optimizer is not None:
+            state["student_optimizer"] = self.student_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.student_optimizer is not None:
+            self.student_optimizer.load_state_dict(state["student_optimizer"])
 
     @classmethod
     def load_eval_policy(cls, ckpt: Any, policy: nn.Module) -> nn.Module:
         """Rebuild :meth:`eval_policy` from a checkpoint around a freshly built ``policy``."""
+        cfg = ckpt.config.algo
+        if cfg.deploy == "student":
+            student = ConsistencyPolicy(policy.obs_dim, policy.action_dim, policy)
+            ckpt.load_modules({"student": student})
+            return student
         frozen = copy.deepcopy(policy)
         ckpt.load_modules({"policy": policy, "frozen": frozen})
-        return FinetunedDiffusion(frozen, policy, ckpt.config.algo.ft_steps)
+        return FinetunedDiffusion(frozen, policy, cfg.ft_steps)

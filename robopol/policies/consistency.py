@@ -18,6 +18,7 @@ each time (Consistency Policy's chaining), k calls in all.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -51,9 +52,11 @@ class ConsistencyPolicy(nn.Module):
         inference_steps: int = 1,
         name: str = "consistency",
     ) -> None:
-        """``head`` is the teacher's policy config (``_target_`` and fields); the student gets the same head."""
+        """``head`` is the teacher's policy config (``_target_`` and fields), and the student gets the same head;
+        or a head module, which the student copies with its weights (a warm start, as RL-100's CD head)."""
         super().__init__()
-        self.head = instantiate(head, obs_dim=obs_dim, action_dim=action_dim)
+        self.head = (copy.deepcopy(head) if isinstance(head, nn.Module)
+                     else instantiate(head, obs_dim=obs_dim, action_dim=action_dim))
         if not isinstance(self.head, GenerativePolicy):
             raise ValueError(f"a consistency student needs a diffusion or flow head, got {type(self.head).__name__}")
         self.sampler, self.inference_steps = sampler, inference_steps

@@ -119,17 +119,20 @@ def test_learns_a_contextual_bandit():
     assert after > before + 0.1 and after > -0.1, (before, after)
 
 
-def test_checkpoint_round_trip_of_the_deployed_policy(tmp_path):
+@pytest.mark.parametrize("deploy", ["chain", "student"])
+def test_checkpoint_round_trip_of_the_deployed_policy(tmp_path, deploy):
     from omegaconf import OmegaConf
 
     from robopol.checkpoint import load_checkpoint, save_checkpoint
+    from robopol.policies.consistency import ConsistencyPolicy
 
-    dppo = make_dppo()
+    dppo = make_dppo(student=True, deploy=deploy)
     torch.nn.init.normal_(dppo.policy.net.mlp.out.weight, std=0.5)
-    cfg = OmegaConf.create({"algo": {"_target_": "robopol.algos.dppo.DPPO", "ft_steps": 3}})
+    torch.nn.init.normal_(dppo.student.head.net.mlp.out.weight, std=0.5)
+    cfg = OmegaConf.create({"algo": {"_target_": "robopol.algos.dppo.DPPO", "ft_steps": 3, "deploy": deploy}})
     save_checkpoint(tmp_path, step=1, modules=dppo.modules(), config=cfg, training_state={"step": 1})
     loaded = DPPO.load_eval_policy(load_checkpoint(tmp_path / "step_00000001"), make_policy())
-    assert isinstance(loaded, FinetunedDiffusion)
+    assert isinstance(loaded, FinetunedDiffusion if deploy == "chain" else ConsistencyPolicy)
     obs = torch.randn(3, 1, 2)
     torch.testing.assert_close(loaded.sample(obs, torch.Generator().manual_seed(0)),
                                dppo.eval_policy().sample(obs, torch.Generator().manual_seed(0)))
@@ -156,8 +159,10 @@ def test_bad_policies():
         DPPO(copy.deepcopy(torch.nn.Linear(2, 2)), total_steps=1)
 
 
-def test_dppo_runs_through_the_online_loop_and_deploys(tmp_path):
+@pytest.mark.parametrize("deploy", ["chain", "student"])
+def test_dppo_runs_through_the_online_loop_and_deploys(tmp_path, deploy):
     from robopol.cli.app import compose
+    from robopol.policies.consistency import ConsistencyPolicy
     from robopol.runtime import load_actor
     from robopol.train.trainer import train
 
@@ -165,8 +170,54 @@ def test_dppo_runs_through_the_online_loop_and_deploys(tmp_path):
                  "policy.hidden_dims=[16]", "policy.embed_dim=8", "policy.inference_steps=4", "algo=dppo",
                  "algo.ft_steps=2", "algo.num_envs=2", "algo.rollout_steps=10", "algo.epochs=1",
                  "algo.minibatches=2", "algo.critic_hidden_dims=[16]", "trainer.steps=2", "trainer.eval_episodes=2",
-                 "trainer.videos=false", "trainer.progress=false", "trainer.num_threads=1"]
+                 "trainer.videos=false", "trainer.progress=false", "trainer.num_threads=1",
+                 f"algo.student={deploy == 'student'}", f"algo.deploy={deploy}"]
     result = train(compose("train", overrides), tmp_path / "run")
     assert result.final_eval is not None and result.final_eval.episodes == 2
     actor, _ = load_actor(str(tmp_path / "run"))
-    assert isinstance(actor.policy, FinetunedDiffusion) and actor.policy.ft_steps == 2
+    if deploy == "chain":
+        assert isinstance(actor.policy, FinetunedDiffusion) and actor.policy.ft_steps == 2
+    else:
+        assert isinstance(actor.policy, ConsistencyPolicy)
+
+
+def test_student_loss_is_action_matching_against_the_current_chain():
+    from robopol.algos.dppo import student_loss
+    from robopol.policies.consistency import ConsistencyPolicy
+
+    dppo = make_dppo(student=True)
+    torch.nn.init.normal_(dppo.policy.net.mlp.out.weight, std=0.5)
+    obs = torch.randn(4, 1, 2)
+    loss, _ = student_loss(dppo.student, dppo.frozen, dppo.policy, obs, dppo.levels, 3, torch.Generator().manual_seed(5))
+    noise = torch.randn((4, 1, 2), generator=torch.Generator().manual_seed(5))
+    goal = run_chain(dppo.frozen, dppo.policy, obs, noise, dppo.levels, 3, 0.0)[:, -1]
+    student: ConsistencyPolicy = dppo.student
+    one_step = student.consistency(noise, student.head.level_at(1.0).expand(4), obs)
+    torch.testing.assert_close(loss, (one_step - goal).pow(2).mean())
+
+
+def test_the_student_tracks_the_improving_policy():
+    torch.manual_seed(2)
+    dppo = make_dppo(lr=3e-3, critic_lr=3e-3, epochs=4, minibatches=2, clip=0.2, clip_base=0.1, reward_norm=False,
+                     sampling_std=0.2, ft_steps=5, student=True, student_lr=3e-3, student_epochs=16, deploy="student")
+    assert dppo.eval_policy() is dppo.student
+    initial = copy.deepcopy(dppo.student)
+    for _ in range(40):
+        dppo.update(bandit_rollout(dppo))
+    obs = torch.rand(256, 1, 2) * 2 - 1
+    generator = torch.Generator().manual_seed(0)
+    chain = FinetunedDiffusion(dppo.frozen, dppo.policy, dppo.ft_steps).sample(obs, generator)[:, 0, 0]
+    student = dppo.student.sample(obs, torch.Generator().manual_seed(0))[:, 0, 0]
+    untrained = initial.sample(obs, torch.Generator().manual_seed(0))[:, 0, 0]
+    reward = -(student.clamp(-1, 1) - obs[:, 0, 0]).pow(2).mean().item()
+    tracking, stale = (student - chain).pow(2).mean().item(), (untrained - chain).pow(2).mean().item()
+    print(f"student reward {reward:.3f}, student-chain {tracking:.4f}, initial-chain {stale:.4f}")
+    assert reward > -0.1  # the one-step head solves the bandit too
+    assert tracking < 0.25 * stale
+
+
+def test_deploy_student_needs_the_student():
+    with pytest.raises(ValueError, match="algo.deploy=student needs the consistency head"):
+        make_dppo(deploy="student")
+    with pytest.raises(ValueError, match="algo.deploy must be one of"):
+        make_dppo(deploy="ema")
