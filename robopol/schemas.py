@@ -485,6 +485,8 @@ class TrainCommand:
     """Run directory to continue from its latest checkpoint."""
     teacher: str = ""
     """algo=distill: the teacher's run or checkpoint directory (its task, policy, data and normaliser are used)."""
+    init: str = ""
+    """Online algorithms (algo=dppo): a policy run or checkpoint to fine-tune (its policy config, weights and normaliser)."""
 
 
 @dataclass

@@ -145,6 +145,7 @@ class PPO:
         self.norm_advantages, self.obs_norm, self.reward_norm = norm_advantages, obs_norm, reward_norm
         self.critic = tanh_mlp(policy.obs_dim, 1, critic_hidden_dims, out_gain=1.0)
         self.obs_rms = RunningMeanStd(policy.obs_dim)
+        self.fixed_obs_map: tuple[torch.Tensor, torch.Tensor] | None = None
         self.return_rms = RunningMeanStd()
         # the discounted return of each env's current episode, which reward scaling tracks
         self.running_return = torch.zeros(num_envs, dtype=torch.float64)
@@ -154,8 +155,16 @@ class PPO:
 
     # ------------------------------------------------------------------ acting
 
+    def fix_obs_normalization(self, center: torch.Tensor, scale: torch.Tensor) -> None:
+        """Normalise observations by the fixed map ``(x - center) * scale`` (a fine-tuned policy's own) instead
+        of running statistics."""
+        self.fixed_obs_map = (center.to(torch.float64), scale.to(torch.float64))
+
     def normalize_obs(self, raw: torch.Tensor, update: bool = False) -> torch.Tensor:
         """Flat raw observations (B, obs_dim) -> normalised; ``update`` first adds them to the statistics."""
+        if self.fixed_obs_map is not None:
+            center, scale = self.fixed_obs_map
+            return ((raw - center) * scale).float()
         if not self.obs_norm:
             return raw.float()
         if update:

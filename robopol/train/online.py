@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from tqdm.auto import tqdm
 
 from robopol.checkpoint import load_checkpoint, mark_best, save_checkpoint
@@ -70,6 +70,37 @@ def policy_normalizer(algo: Any, spec: EnvSpec, obs_keys: list[str]) -> Normaliz
         modes[ACTION_KEY] = "minmax"
         stats[ACTION_KEY] = _stats((low + high) / 2.0, 2.0 / (high - low))
     return Normalizer(modes, stats)
+
+
+def init_policy_config(cfg: DictConfig) -> DictConfig:
+    """``init=``: the run's config with the checkpoint's policy config (its weights must fit it)."""
+    ckpt = load_checkpoint(cfg.init)
+    if "policy" not in ckpt.config or "obs_keys" not in ckpt.manifest:
+        raise ConfigError(f"init={cfg.init}: {ckpt.path} is not a policy checkpoint (no policy config or obs_keys)")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.policy = ckpt.config.policy
+    return cfg
+
+
+def _load_init(cfg: DictConfig, policy: Any, obs_keys: list[str], obs_dim: int, action_dim: int) -> Normalizer:
+    """Load the ``init=`` checkpoint's (EMA) weights into ``policy``; returns its normaliser. Errors if the
+    checkpoint does not fit the task."""
+    ckpt = load_checkpoint(cfg.init)
+    manifest = ckpt.manifest
+    got = (list(manifest["obs_keys"]), manifest["obs_dim"], manifest["action_dim"])
+    if got != (obs_keys, obs_dim, action_dim):
+        raise ConfigError(f"init={cfg.init}: the checkpoint's observations {got[0]} ({got[1]} dims) and {got[2]} "
+                          f"action dims do not fit task '{cfg.task.name}' ({obs_keys}, {obs_dim}, {action_dim})")
+    ckpt.load_modules({"ema" if "ema" in ckpt.module_names() else "policy": policy})
+    return Normalizer.from_state(*ckpt.normalizer())
+
+
+def _flat_affine(normalizer: Normalizer, obs_keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normaliser's per-key affine maps over the flat observation vector (keys in ``obs_keys`` order)."""
+    center = [np.broadcast_to(normalizer.stats(k)["center"], normalizer.shape(k)).ravel() for k in obs_keys]
+    scale = [np.broadcast_to(normalizer.stats(k)["scale"], normalizer.shape(k)).ravel() for k in obs_keys]
+    return torch.as_tensor(np.concatenate(center)), torch.as_tensor(np.concatenate(scale))
 
 
 def _stats(center: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
@@ -145,8 +176,12 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
         raise ConfigError(f"algo={cfg.algo.name} learns from its own rollouts; drop data={cfg.data}")
     if cfg.device != "cpu":
         raise ConfigError(f"algo={cfg.algo.name} runs on the CPU with the CPU simulators; drop device={cfg.device}")
+    if cfg.teacher:
+        raise ConfigError(f"teacher={cfg.teacher} is only used by algo=distill; to fine-tune a policy use init=")
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
+    if cfg.init:
+        cfg = init_policy_config(cfg)
     run = RunDir(run_root)
     run.save_config(cfg)
     seed_everything(cfg.seed)
@@ -180,7 +215,14 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
     obs_dim = sum(int(np.prod(spec.observation[k].shape)) for k in obs_keys)
     action_dim = int(np.prod(spec.action.shape))
     policy = build(cfg.policy, "policy", obs_dim=obs_dim, action_dim=action_dim)
+    init_normalizer = _load_init(cfg, policy, obs_keys, obs_dim, action_dim) if cfg.init else None
     algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps)
+    if init_normalizer is not None:
+        algo.fix_obs_normalization(*_flat_affine(init_normalizer, obs_keys))
+
+    def runtime_normalizer() -> Normalizer:
+        """What deployment normalises with: the fine-tuned policy's own, else the running statistics."""
+        return init_normalizer if init_normalizer is not None else policy_normalizer(algo, spec, obs_keys)
 
     start, best_return = 0, -float("inf")
     if cfg.resume:
@@ -199,7 +241,7 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
              "action_dim": action_dim}
 
     def checkpoint(iteration: int) -> None:
-        normalizer = policy_normalizer(algo, spec, obs_keys)
+        normalizer = runtime_normalizer()
         save_checkpoint(run.checkpoints, step=iteration, modules=algo.modules(), config=cfg,
                         normalizer=(normalizer.spec(), normalizer.state_dict()),
                         training_state={"step": iteration, "algo": algo.state_dict(), "best_return": best_return,
@@ -215,7 +257,7 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
                disable=not tcfg.progress, dynamic_ncols=True)
     for iteration in range(start + 1, last + 1):
         began = time.perf_counter()
-        rollout, obs = collect_rollout(env, algo, obs, obs_keys, policy_normalizer(algo, spec, obs_keys), tracker)
+        rollout, obs = collect_rollout(env, algo, obs, obs_keys, runtime_normalizer(), tracker)
         rollout_seconds = time.perf_counter() - began
         metrics = algo.update(rollout)
         bar.update(1)
@@ -229,7 +271,7 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
                 bar.set_postfix(ret=f"{episodes['episode_return']:.1f}")
         if tcfg.eval_episodes > 0 and (iteration == tcfg.steps or
                                        (tcfg.eval_every > 0 and iteration % tcfg.eval_every == 0)):
-            actor = ChunkActor(algo.eval_policy(), policy_normalizer(algo, spec, obs_keys), obs_keys, ACTION_KEY)
+            actor = ChunkActor(algo.eval_policy(), runtime_normalizer(), obs_keys, ACTION_KEY)
             final_eval = evaluate(eval_env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed)
             logger.log(iteration, {**final_eval.as_dict(), "env_steps": iteration * transitions}, prefix="eval")
             if tcfg.videos:

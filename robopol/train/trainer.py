@@ -94,6 +94,9 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
         from robopol.train.online import train_online
 
         return train_online(cfg, run_root, overrides)
+    if cfg.init:
+        raise ConfigError(f"init={cfg.init} fine-tunes a policy with an online algorithm (algo=dppo); "
+                          f"algo={cfg.algo.name} trains from data (to continue a run, use resume=)")
     t0 = time.perf_counter()
     tcfg = cfg.trainer
     for key in ("steps", "batch_size", "log_every", "ckpt_every"):

@@ -221,3 +221,38 @@ def test_deploy_student_needs_the_student():
         make_dppo(deploy="student")
     with pytest.raises(ValueError, match="algo.deploy must be one of"):
         make_dppo(deploy="ema")
+
+
+def test_dppo_fine_tunes_a_bc_checkpoint(tmp_path, toy_store):
+    from safetensors.torch import load_file
+
+    from robopol.checkpoint import load_checkpoint
+    from robopol.cli.app import compose
+    from robopol.errors import ConfigError
+    from robopol.train.trainer import train
+
+    common = ["trainer.videos=false", "trainer.progress=false", "trainer.num_threads=1", "trainer.eval_episodes=2"]
+    bc = ["task=point_reach", f"data={toy_store}", "algo=bc", "policy=diffusion_mlp", "policy.horizon=1",
+          "policy.action_steps=1", "policy.obs_steps=1", "policy.hidden_dims=[16]", "policy.embed_dim=8",
+          "policy.inference_steps=4", "trainer.steps=20", "trainer.batch_size=16", *common]
+    train(compose("train", bc), tmp_path / "bc")
+    dppo = ["task=point_reach", f"init={tmp_path / 'bc'}", "algo=dppo", "algo.ft_steps=2", "algo.num_envs=2",
+            "algo.rollout_steps=8", "algo.epochs=1", "algo.minibatches=2", "algo.critic_hidden_dims=[16]",
+            "trainer.steps=2", *common]
+    train(compose("train", dppo), tmp_path / "dppo")
+    bc_ckpt, dppo_ckpt = load_checkpoint(tmp_path / "bc"), load_checkpoint(tmp_path / "dppo")
+    assert dppo_ckpt.config.policy == bc_ckpt.config.policy
+    bc_weights = load_file(bc_ckpt.path / "model.safetensors")
+    dppo_weights = load_file(dppo_ckpt.path / "model.safetensors")
+    assert any(key.startswith("policy.") for key in bc_weights)
+    for key, value in bc_weights.items():  # the frozen early steps are BC's policy, untouched
+        if key.startswith("policy."):
+            torch.testing.assert_close(dppo_weights["frozen." + key[7:]], value)
+    assert dppo_ckpt.normalizer()[0] == bc_ckpt.normalizer()[0]  # deployed with the BC normaliser
+    for key, value in bc_ckpt.normalizer()[1].items():
+        torch.testing.assert_close(torch.as_tensor(dppo_ckpt.normalizer()[1][key]), torch.as_tensor(value))
+
+    with pytest.raises(ConfigError, match="do not fit task 'multigoal'"):
+        train(compose("train", [*dppo[1:], "task=multigoal"]), tmp_path / "wrong_task")
+    with pytest.raises(ConfigError, match="init=.* fine-tunes a policy with an online algorithm"):
+        train(compose("train", [*bc, f"init={tmp_path / 'bc'}"]), tmp_path / "bc2")
