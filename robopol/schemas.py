@@ -586,7 +586,7 @@ class BenchCommand:
     """``robopol bench SUITE``: measure speed, print a table, write JSON."""
 
     suite: str = MISSING
-    """What to benchmark: data, sim, policy, inference, offline or control."""
+    """What to benchmark: data, sim, policy, inference, offline, online or control."""
     out_dir: str = "runs/bench"
     """Where the JSON results go."""
     quick: bool = False
@@ -600,13 +600,23 @@ class BenchCommand:
     train_steps: int = 15000
     """inference: gradient steps of each imitation model (the consistency student gets a third); offline: of every run."""
     episodes: int = 100
-    """inference: evaluation episodes per sampler; offline: per evaluation."""
+    """inference: evaluation episodes per sampler; offline: per evaluation; online: at the end of each run."""
     data: str = ""
     """offline: the episode store (with rewards) every algorithm trains on."""
     algos: list[str] = field(default_factory=lambda: ["bc", "qc", "dqc", "ofql"])
     """offline: algorithms to run (bc, qc, qc_fql, dqc, ofql, iql, aloe); bc is the baseline."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    """offline: seeds of every algorithm."""
+    """offline, online: seeds of every algorithm."""
+    tasks: list[str] = field(default_factory=lambda: ["hopper", "halfcheetah"])
+    """online: the tasks every method trains on from scratch."""
+    methods: list[str] = field(default_factory=lambda: ["ppo", "policyflow", "dppo"])
+    """online: on-policy methods to run (ppo, policyflow, dppo); ppo is the baseline."""
+    iterations: int = 40
+    """online: iterations of every run (2048 env steps each with the methods' defaults)."""
+    coverage: bool = True
+    """online: also train every method on the multi-goal task and count the goals its stochastic policy reaches."""
+    coverage_episodes: int = 300
+    """online: episodes counted per multi-goal run."""
     eval_every: int = 0
     """offline: gradient steps between evaluations (0: only at the end)."""
     horizon: int = 5
@@ -618,9 +628,9 @@ class BenchCommand:
     device: str = "cpu"
     """offline: torch device of training and evaluation."""
     extra: list[str] = field(default_factory=list)
-    """offline: further train overrides for every run (e.g. paper-scale network widths)."""
+    """offline, online: further train overrides for every run (e.g. paper-scale network widths)."""
     jobs: int = 1
-    """offline: runs trained side by side in worker processes (one torch thread each); 1 trains them here, in turn."""
+    """offline, online: runs trained side by side in worker processes (one torch thread each); 1 trains them here, in turn."""
     seconds: float = 60.0
     """control: duration of the servo soak at 500 Hz (quick: 2 s)."""
     latencies: list[float] = field(default_factory=list)

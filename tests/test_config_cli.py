@@ -130,10 +130,10 @@ def test_cli_help_lists_groups_options_and_field_docs(tmp_path):
 def test_cli_unknown_subcommand_and_unlanded_capability(tmp_path):
     proc = run_cli("fly", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown subcommand 'fly'" in proc.stderr
-    proc = run_cli("bench", "online", cwd=tmp_path)
+    proc = run_cli("bench", "scale", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "robopol bench: error: robopol bench online has not landed yet; see the open issues "
+        "robopol bench: error: robopol bench scale has not landed yet; see the open issues "
         "(`robopol --help` lists what works)"
     ]
     assert proc.stdout == ""

@@ -183,7 +183,7 @@ def _data_replay(cfg: DictConfig) -> None:
 def bench_command(cfg: DictConfig) -> None:
     suites: dict[str, Callable[[DictConfig], object]] = {
         "data": _bench_data, "sim": _bench_sim, "policy": _bench_policy, "inference": _bench_inference,
-        "offline": _bench_offline, "control": _bench_control,
+        "offline": _bench_offline, "control": _bench_control, "online": _bench_online,
     }
     planned = ("sim", "policy", "inference", "offline", "control", "online", "scale")
     if cfg.suite in planned and cfg.suite not in suites:
@@ -222,6 +222,12 @@ def _bench_offline(cfg: DictConfig) -> None:
     from robopol.bench.offline import bench_offline
 
     bench_offline(cfg)
+
+
+def _bench_online(cfg: DictConfig) -> None:
+    from robopol.bench.online import bench_online
+
+    bench_online(cfg)
 
 
 def _bench_inference(cfg: DictConfig) -> None:

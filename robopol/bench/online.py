@@ -1,0 +1,219 @@
+"""``robopol bench online``: the on-policy methods against Gaussian PPO on locomotion, and mode coverage on a
+multi-goal task.
+
+For each task in ``tasks`` (default Hopper and HalfCheetah), each method in ``methods`` (``ppo``,
+``policyflow``, ``dppo``) and each seed, the suite trains ``iterations`` iterations from scratch with the
+method's defaults (2048 env steps per iteration; envs in the training process), then reports per task and
+method: the training-episode return at the end (mean of the last tenth of the logged iterations, then mean and
+std over seeds), the evaluation return of the deterministic policy, the median seconds per iteration, and
+both as ratios to Gaussian PPO. The issue's targets read off the ratios: PolicyFlow within 10% of PPO's
+return (``return_vs_ppo >= 0.9``) at at most 1.5 times its wall-clock (``time_vs_ppo <= 1.5``). A plot shows
+return against env steps and against wall-clock, mean +- std over seeds.
+
+With ``coverage=true`` every method also trains on ``task=multigoal`` (6 equally good goals around the
+start) and ``coverage_episodes`` episodes of its *stochastic* policy (the rollout sampler) are counted by the
+goal they end nearest to; ``modes`` counts the goals that get at least 5% of the episodes.
+
+Runs live in ``out_dir/online/<task>/<method>/seed<k>``; finished runs are reused and interrupted ones resume,
+and ``jobs=N`` trains N runs side by side (see ``robopol bench offline``). Budgets scale by overrides alone
+(``iterations``, ``extra=[algo.num_envs=64,...]``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+
+from robopol.bench.offline import _checkpoint_step, _train_side_by_side, _trained_to
+from robopol.bench.report import write_report
+from robopol.errors import ConfigError
+from robopol.train.run import read_metrics
+
+console = Console(soft_wrap=True)
+
+RECIPES: dict[str, list[str]] = {
+    "ppo": ["algo=ppo", "policy=gaussian"],
+    "policyflow": ["algo=policyflow", "policy=noisy_flow"],
+    "dppo": ["algo=dppo", "policy=diffusion_mlp", "policy.horizon=1", "policy.action_steps=1", "policy.obs_steps=1"],
+}
+COVERAGE_TASK = "multigoal"
+MODE_SHARE = 0.05
+"""A goal counts as a kept mode when at least this share of the episodes ends there."""
+
+
+def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Train (or reuse) every (task, method, seed) run, print the table, write JSON and the plot."""
+    from robopol.cli.app import compose
+    from robopol.train.trainer import train
+
+    unknown = [m for m in cfg.methods if m not in RECIPES]
+    if unknown:
+        raise ConfigError(f"unknown methods {unknown}; available: {', '.join(RECIPES)}")
+    if cfg.iterations < 1:
+        raise ConfigError(f"iterations must be at least 1, got {cfg.iterations}")
+    tasks = [*cfg.tasks, *([COVERAGE_TASK] if cfg.coverage else [])]
+    root = Path(cfg.out_dir) / "online"
+    quick = ["algo.num_envs=2", "algo.rollout_steps=16", "algo.minibatches=2", "algo.critic_hidden_dims=[16]",
+             "policy.hidden_dims=[16]"] if cfg.quick else []
+    runs: dict[tuple[str, str], list[Path]] = {}
+    pending: list[tuple[Path, list[str]]] = []
+    for task in tasks:
+        backend = ["task.backend=inprocess"] if "backend" in compose("train", [f"task={task}", *RECIPES["ppo"]]).task \
+            else []
+        for method in cfg.methods:
+            for seed in cfg.seeds:
+                run = root / task / method / f"seed{seed}"
+                runs.setdefault((task, method), []).append(run)
+                if _trained_to(run, cfg.iterations):
+                    continue
+                overrides = [*RECIPES[method], f"task={task}", *backend, f"trainer.steps={cfg.iterations}",
+                             "trainer.log_every=1", f"trainer.eval_every={cfg.iterations}",
+                             f"trainer.eval_episodes={cfg.episodes}", f"trainer.ckpt_every={cfg.iterations}",
+                             "trainer.videos=false", f"trainer.progress={not cfg.quick}", "trainer.num_threads=1",
+                             f"seed={seed}", *quick, *cfg.extra]
+                if _checkpoint_step(run) > 0:
+                    overrides.append(f"resume={run.resolve()}")
+                pending.append((run, overrides))
+    if cfg.jobs > 1:
+        _train_side_by_side(pending, cfg.jobs)
+    for run, overrides in pending if cfg.jobs <= 1 else []:
+        console.print(f"[bold]{run.parent.parent.name} {run.parent.name}[/] {run.name}: training -> {run}")
+        train(compose("train", overrides), run, overrides)
+    rows = summarise(runs, cfg.tasks)
+    if cfg.coverage:
+        for method in cfg.methods:
+            counts = [goal_counts(run, cfg.coverage_episodes, seed=20_000 + i)
+                      for i, run in enumerate(runs[(COVERAGE_TASK, method)])]
+            rows.append({"task": COVERAGE_TASK, "method": method, "seeds": len(counts),
+                         "modes_per_seed": json.dumps([kept_modes(c) for c in counts]),
+                         "goal_counts": json.dumps([c.tolist() for c in counts])})
+    notes = (f"{cfg.iterations} iterations from scratch per run, seeds {list(cfg.seeds)}; final_return = training-"
+             f"episode return over the last tenth of the iterations, eval_return = deterministic policy over "
+             f"{cfg.episodes} episodes; s_per_iter = median wall-clock per iteration (rollout + update); ratios "
+             f"to ppo on the same task. multigoal: {cfg.coverage_episodes} stochastic episodes per seed counted "
+             f"by nearest goal; modes = goals with >= {MODE_SHARE:.0%} of them")
+    write_report("online", rows, cfg.out_dir, notes=notes)
+    plot_online(runs, cfg.tasks, Path(cfg.out_dir) / "online.png")
+    return rows
+
+
+def curves(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Env steps, cumulative wall-clock (s) and training-episode return of the iterations that logged one."""
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "train/episode_return" in r]
+    steps = np.array([r["train/env_steps"] for r in records])
+    seconds = np.cumsum([r["train/iteration_s"] for r in records])
+    return steps, seconds, np.array([r["train/episode_return"] for r in records])
+
+
+def summarise(runs: dict[tuple[str, str], list[Path]], tasks: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for task in tasks:
+        stats = {}
+        for (run_task, method), paths in runs.items():
+            if run_task != task:
+                continue
+            finals, evals, per_iter, env_steps = [], [], [], 0
+            for run in paths:
+                _, _, returns = curves(run)
+                # no episode ended (a budget shorter than an episode): no training return to report
+                finals.append(float(returns[-max(1, len(returns) // 10):].mean()) if len(returns) else float("nan"))
+                records = read_metrics(run / "metrics.jsonl")
+                evals += [r["eval/mean_return"] for r in records if "eval/mean_return" in r][-1:]
+                per_iter += [r["train/iteration_s"] for r in records if "train/iteration_s" in r]
+                env_steps = max([env_steps, *(r["train/env_steps"] for r in records if "train/env_steps" in r)])
+            stats[method] = {"task": task, "method": method, "seeds": len(paths),
+                             "final_return": float(np.mean(finals)), "final_return_std": float(np.std(finals)),
+                             "per_seed": json.dumps([round(f, 1) for f in finals]),
+                             "eval_return": float(np.mean(evals)) if evals else float("nan"),
+                             "env_steps": int(env_steps), "s_per_iter": float(np.median(per_iter))}
+        for method, row in stats.items():
+            if "ppo" in stats and method != "ppo":
+                row["return_vs_ppo"] = row["final_return"] / stats["ppo"]["final_return"]
+                row["time_vs_ppo"] = row["s_per_iter"] / stats["ppo"]["s_per_iter"]
+            rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def goal_counts(run: Path, episodes: int, seed: int) -> np.ndarray:
+    """Episodes of the run's stochastic rollout policy on the multi-goal task, counted by the goal each ends
+    nearest to."""
+    from robopol.checkpoint import load_checkpoint
+    from robopol.tasks import make_env
+    from robopol.train.online import ACTION_KEY, flat_obs, policy_normalizer
+    from robopol.train.trainer import build
+
+    ckpt = load_checkpoint(run)
+    cfg = ckpt.config
+    env = make_env(cfg.task, num_envs=min(episodes, 50), seed=seed)
+    try:
+        obs_keys = sorted(env.spec.observation)
+        policy = build(cfg.policy, "policy", obs_dim=ckpt.manifest["obs_dim"], action_dim=ckpt.manifest["action_dim"])
+        algo = build(cfg.algo, "algo", policy=policy, total_steps=cfg.trainer.steps)
+        ckpt.load_modules(algo.modules())
+        normalizer = policy_normalizer(algo, env.spec, obs_keys)
+        counts = np.zeros(len(env.goals), dtype=np.int64)
+        batch = 0
+        while counts.sum() < episodes:
+            obs = env.reset(seed=seed + batch * env.num_envs)
+            done = np.zeros(env.num_envs, dtype=bool)
+            final = np.zeros(env.num_envs, dtype=np.int64)
+            while not done.all():
+                action = algo.act(algo.normalize_obs(flat_obs(obs, obs_keys)))["action"].clamp(-1, 1).double()
+                result = env.step(normalizer.unnormalize(ACTION_KEY, action).numpy())
+                ended = (result.terminated | result.truncated) & ~done
+                final[ended] = env.nearest_goal(result.obs["pos"][ended])
+                done |= ended
+                obs = result.obs
+            take = min(env.num_envs, episodes - int(counts.sum()))
+            counts += np.bincount(final[:take], minlength=len(counts))
+            batch += 1
+    finally:
+        env.close()
+    return counts
+
+
+def kept_modes(counts: np.ndarray) -> int:
+    return int((counts >= MODE_SHARE * counts.sum()).sum())
+
+
+def plot_online(runs: dict[tuple[str, str], list[Path]], tasks: list[str], out: Path) -> Path | None:
+    """Training return against env steps (top) and wall-clock (bottom), one column per task."""
+    if not tasks:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 7), squeeze=False)
+    for col, task in enumerate(tasks):
+        for (run_task, method), paths in runs.items():
+            if run_task != task:
+                continue
+            data = [curves(run) for run in paths]
+            length = min(len(d[0]) for d in data)
+            returns = np.array([d[2][:length] for d in data])
+            mean, std = returns.mean(0), returns.std(0)
+            for row, x in enumerate((data[0][0][:length], np.mean([d[1][:length] for d in data], axis=0))):
+                ax = axes[row, col]
+                ax.plot(x, mean, label=f"{method} ({len(paths)} seeds)")
+                ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        axes[0, col].set_title(f"robopol bench online: {task}")
+        axes[0, col].set_xlabel("env steps")
+        axes[1, col].set_xlabel("wall-clock (s)")
+        for ax in axes[:, col]:
+            ax.set_ylabel("training-episode return")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,50 @@
+"""``robopol bench online`` end to end on the toy tasks (quick sizes): runs, the table with its ratios to PPO,
+goal coverage on the multi-goal task, the plot, reuse; and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from robopol.bench.online import kept_modes
+
+
+@pytest.mark.slow
+def test_bench_online_trains_each_method_and_counts_goals(tmp_path):
+    out = tmp_path / "bench"
+    args = ("bench", "online", "quick=true", "tasks=[point_reach]", "methods=[ppo,policyflow,dppo]", "seeds=[0]",
+            "iterations=4", "episodes=2", "coverage_episodes=12", f"out_dir={out}")
+    run_cli(*args, cwd=tmp_path, check=True)
+    report = json.loads((out / "online.json").read_text())
+    rows = {(r["task"], r["method"]): r for r in report["rows"]}
+    assert set(rows) == {(t, m) for t in ("point_reach", "multigoal") for m in ("ppo", "policyflow", "dppo")}
+    ppo = rows[("point_reach", "ppo")]
+    assert ppo["env_steps"] == 4 * 2 * 16 and "return_vs_ppo" not in ppo  # quick: 2 envs x 16 steps x 4 iterations
+    for method in ("policyflow", "dppo"):
+        row = rows[("point_reach", method)]
+        assert row["return_vs_ppo"] == pytest.approx(row["final_return"] / ppo["final_return"])
+        assert row["time_vs_ppo"] == pytest.approx(row["s_per_iter"] / ppo["s_per_iter"])
+    for method in ("ppo", "policyflow", "dppo"):
+        counts = json.loads(rows[("multigoal", method)]["goal_counts"])
+        assert len(counts) == 1 and len(counts[0]) == 6 and sum(counts[0]) == 12
+        assert json.loads(rows[("multigoal", method)]["modes_per_seed"]) == [kept_modes(np.array(counts[0]))]
+    assert (out / "online.png").stat().st_size > 1000
+    before = (out / "online" / "point_reach" / "ppo" / "seed0" / "metrics.jsonl").read_text()
+    run_cli(*args, cwd=tmp_path, check=True)  # a second invocation reuses every run
+    assert (out / "online" / "point_reach" / "ppo" / "seed0" / "metrics.jsonl").read_text() == before
+
+
+def test_kept_modes_counts_goals_with_a_five_percent_share():
+    assert kept_modes(np.array([100, 0, 0, 0, 0, 0])) == 1
+    assert kept_modes(np.array([90, 5, 4, 1, 0, 0])) == 2  # 5 of 100 is 5%, 4 is not
+    assert kept_modes(np.array([50, 50, 50, 50, 50, 50])) == 6
+
+
+def test_bench_online_bad_inputs(tmp_path):
+    proc = run_cli("bench", "online", "methods=[ppo,sac]", cwd=tmp_path)
+    assert proc.returncode != 0 and "unknown methods ['sac']; available: ppo, policyflow, dppo" in proc.stderr
+    proc = run_cli("bench", "online", "iterations=0", cwd=tmp_path)
+    assert proc.returncode != 0 and "iterations must be at least 1, got 0" in proc.stderr
