@@ -10,8 +10,8 @@ the noise-free chain *is* the deployed policy, and ``sigma = sampling_std`` (DPP
 - **Fine-tuned steps.** Only the last ``ft_steps`` denoising steps are trained. The earlier ones run a frozen
   copy of the initial network, noise-free, at rollout and at evaluation alike.
 - **Rollout** (:meth:`DPPO.act`): the fine-tuned part of the chain ``x_{K-K'}, ..., x_K`` is stored with each
-  step's log-density under the rollout network (:func:`step_log_probs`). The action is the first step of
-  the final chunk.
+  step's log-density under the rollout network (:func:`step_log_probs`). The executed actions are the first
+  ``action_steps`` of the final chunk.
 - **Log-densities** (:func:`step_log_probs`): ``log N(x_{k+1}; mu_theta(x_k), sigma_lp)`` per element with
   ``sigma_lp = max(sigma, logprob_std)`` (the floor keeps the ratios finite), clamped to [-5, 2] and averaged
   over the executed chunk steps and action dims, as DPPO does; one ``(B, K')`` tensor, one network call.
@@ -27,10 +27,11 @@ the noise-free chain *is* the deployed policy, and ``sigma = sampling_std`` (DPP
   (:func:`student_loss`) over the rollout's observations, so the one-step policy follows the RL
   improvements. ``deploy=student`` makes it the evaluated and deployed policy.
 
-Deviations: RL-100 samples with DDIM eta = 1 (its noise scale sets sigma); here the means are eta = 0 and the
-std is the floor, so that evaluation needs no second sampler. Only single-action rollouts are built
-(``policy.action_steps = 1``); ``policy.horizon`` may be longer, and the log-densities then cover the first
-step only.
+Chunks: with ``policy.action_steps = Ta > 1`` a decision executes the chunk's first Ta actions open loop
+(its reward is their sum, ``algo.gamma`` discounts per decision) and the log-densities cover those Ta steps.
+
+Deviation: RL-100 samples with DDIM eta = 1 (its noise scale sets sigma); here the means are eta = 0 and the
+std is the floor, so that evaluation needs no second sampler.
 """
 
 from __future__ import annotations
@@ -146,10 +147,9 @@ class DPPO(PPO):
                  clip_rate: float = 3.0, gamma_denoise: float = 0.99, student: bool = False,
                  student_lr: float = 1e-4, student_epochs: int = 1, deploy: str = "chain", **ppo: Any) -> None:
         super().__init__(policy, total_steps, name=name, **ppo)
-        if policy.obs_steps != 1 or policy.action_steps != 1:
-            raise ValueError(f"algo=dppo rolls out one observation and one executed action per decision: set "
-                             f"policy.obs_steps=1 and policy.action_steps=1, got {policy.obs_steps} and "
-                             f"{policy.action_steps}")
+        if policy.obs_steps != 1:
+            raise ValueError(f"algo=dppo rolls out the current observation only: set policy.obs_steps=1, got "
+                             f"{policy.obs_steps}")
         steps = policy.inference_steps
         if policy.sampler != "ddim":
             raise ValueError(f"algo=dppo fine-tunes the DDIM chain: set policy.sampler=ddim, got {policy.sampler}")
@@ -206,7 +206,8 @@ class DPPO(PPO):
         chain = run_chain(self.frozen, self.policy, policy_obs, x, self.levels, self.ft_steps, self.sampling_std)
         logp = step_log_probs(self.policy, policy_obs, chain, self.ft_levels, self.logprob_std,
                               self.policy.action_steps)
-        action = self.policy.to_external(chain[:, -1])[:, 0]
+        executed = self.policy.to_external(chain[:, -1])[:, :self.policy.action_steps]
+        action = executed if self.policy.action_steps > 1 else executed[:, 0]  # a chunk, or one action
         return {"action": action, "logp": logp, "value": self.value(obs), "chain": chain}
 
     def policy_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

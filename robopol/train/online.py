@@ -138,26 +138,38 @@ class EpisodeTracker:
 def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_keys: list[str],
                     normalizer: Normalizer, tracker: EpisodeTracker
                     ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
-    """``algo.rollout_steps`` steps of every env. Returns the ``(T, N, ...)`` rollout and the observation to
-    continue from. Sampled actions are stored as drawn and clipped to the action box only for the env."""
+    """``algo.rollout_steps`` decisions of every env. Returns the ``(T, N, ...)`` rollout and the observation
+    to continue from. Sampled actions are stored as drawn and clipped to the action box only for the env.
+
+    A decision is one action (``(N, A)`` from ``algo.act``) or a chunk executed open loop (``(N, Ta, A)``, as
+    DPPO does): its reward is the sum of the rewards up to the chunk's end or the episode's, whichever comes
+    first. An env whose episode ends inside a chunk has auto-reset and runs the chunk's remaining actions in
+    its new episode, whose next decision then starts from where they left it."""
     steps: list[dict[str, torch.Tensor]] = []
     for _ in range(algo.rollout_steps):
         norm_obs = algo.normalize_obs(flat_obs(obs, obs_keys), update=True)
         out = algo.act(norm_obs)
-        command = normalizer.unnormalize(ACTION_KEY, out["action"].clamp(-1.0, 1.0).double()).numpy()
-        result = env.step(command.reshape(env.num_envs, *env.spec.action.shape))
-        terminated = torch.as_tensor(result.terminated)
-        ended = terminated | torch.as_tensor(result.truncated)
-        following = flat_obs(result.obs, obs_keys)
-        if ended.any():  # the auto-reset replaced these observations: value the episode's last one
-            final = flat_obs(result.info["final_obs"], obs_keys)
-            following[ended] = final[ended]
+        chunk = out["action"] if out["action"].dim() == 3 else out["action"][:, None]
+        reward = torch.zeros(env.num_envs)
+        ended = torch.zeros(env.num_envs, dtype=torch.bool)
+        terminated = torch.zeros(env.num_envs, dtype=torch.bool)
+        following = torch.zeros(env.num_envs, flat_obs(obs, obs_keys).shape[1], dtype=torch.float64)
+        for action in chunk.unbind(1):
+            command = normalizer.unnormalize(ACTION_KEY, action.clamp(-1.0, 1.0).double()).numpy()
+            result = env.step(command.reshape(env.num_envs, *env.spec.action.shape))
+            live = ~ended
+            reward += torch.where(live, torch.as_tensor(result.reward, dtype=torch.float32), 0.0)
+            ends_now = live & torch.as_tensor(result.terminated | result.truncated)
+            if ends_now.any():  # the auto-reset replaced these observations: value the episode's last one
+                following[ends_now] = flat_obs(result.info["final_obs"], obs_keys)[ends_now]
+            terminated |= live & torch.as_tensor(result.terminated)
+            ended |= ends_now
+            tracker.step(result.reward.astype(np.float64), (result.terminated | result.truncated))
+            obs = result.obs
+        following[~ended] = flat_obs(obs, obs_keys)[~ended]
         next_value = torch.where(terminated, 0.0, algo.value(algo.normalize_obs(following)))
-        reward = torch.as_tensor(result.reward, dtype=torch.float32)
-        tracker.step(result.reward.astype(np.float64), ended.numpy())
         steps.append({"obs": norm_obs, **out, "reward": algo.scale_rewards(reward, ended),
                       "next_value": next_value, "episode_end": ended})
-        obs = result.obs
     rollout = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
     return rollout, obs
 

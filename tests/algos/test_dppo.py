@@ -16,9 +16,10 @@ from robopol.policies.diffusion import DiffusionPolicy
 from .helpers import bandit_rollout
 
 
-def make_policy(horizon: int = 1, **kw) -> DiffusionPolicy:
+def make_policy(horizon: int = 1, action_steps: int = 1, **kw) -> DiffusionPolicy:
     torch.manual_seed(0)
-    return DiffusionPolicy(obs_dim=2, action_dim=2, obs_steps=1, horizon=horizon, action_steps=1, backbone="mlp",
+    return DiffusionPolicy(obs_dim=2, action_dim=2, obs_steps=1, horizon=horizon, action_steps=action_steps,
+                           backbone="mlp",
                            hidden_dims=(32, 32), embed_dim=16, num_train_timesteps=20, inference_steps=5, **kw)
 
 
@@ -88,6 +89,8 @@ def test_rollout_fields_and_an_unchanged_policy_has_ratio_one():
     out = dppo.act(obs)
     assert out["chain"].shape == (5, 4, 1, 2) and out["logp"].shape == (5, 3) and out["action"].shape == (5, 2)
     torch.testing.assert_close(out["action"], dppo.policy.to_external(out["chain"][:, -1])[:, 0])
+    chunked = DPPO(make_policy(horizon=4, action_steps=3), total_steps=1, ft_steps=2).act(obs)
+    assert chunked["action"].shape == (5, 3, 2) and chunked["chain"].shape == (5, 3, 4, 2)
     logp, _, _ = dppo.policy_terms({"obs": obs, **out})
     torch.testing.assert_close(logp, out["logp"])
 
@@ -151,8 +154,8 @@ def test_bad_settings(kw, message):
 
 
 def test_bad_policies():
-    with pytest.raises(ValueError, match="policy.action_steps=1"):
-        DPPO(DiffusionPolicy(2, 2, 1, 4, 2, backbone="mlp", hidden_dims=(8,)), total_steps=1)
+    with pytest.raises(ValueError, match="policy.obs_steps=1, got 2"):
+        DPPO(DiffusionPolicy(2, 2, 2, 4, 2, backbone="mlp", hidden_dims=(8,)), total_steps=1)
     with pytest.raises(ValueError, match="policy.sampler=ddim"):
         DPPO(make_policy(sampler="ddpm"), total_steps=1)
     with pytest.raises(ValueError, match="use policy=diffusion_mlp"):
