@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,8 +96,6 @@ class OnlineReplay:
 
     def append(self, episodes: list[dict[str, np.ndarray]], success: np.ndarray) -> range:
         if self.store is None:
-            from pathlib import Path
-
             exists = Path(self.location).exists()
             self.store = EpisodeStore.open(self.location, mode="a") if exists else EpisodeStore.create(self.location)
         data = {k: np.concatenate([ep[k] for ep in episodes]) for k in episodes[0]}
