@@ -271,6 +271,8 @@ class PPOConfig(AlgoConfig):
     """Hidden widths of the value MLP (tanh)."""
     critic_lr: float = 0.0
     """Adam rate of the value MLP (0: the policy's, following its schedule; else fixed, annealed by linear)."""
+    critic_warmup: int = 0
+    """First iterations in which only the value MLP learns (a fine-tuned policy waits for its critic)."""
     obs_norm: bool = True
     """Normalise observations by running mean and std."""
     reward_norm: bool = True
@@ -311,10 +313,12 @@ class DPPOConfig(PPOConfig):
     """Rate of that exponential growth (0: linear)."""
     gamma_denoise: float = 0.99
     """Advantage discount per denoising step away from the last one."""
-    lr: float = 1e-4
-    """Adam rate of the diffusion network."""
+    lr: float = 1e-5
+    """Adam rate of the diffusion network (DPPO: 1e-5 robomimic fine-tuning, 1e-4 gym)."""
     critic_lr: float = 1e-3
     """Adam rate of the value MLP."""
+    critic_warmup: int = 2
+    """First iterations in which only the value MLP learns (DPPO: 2)."""
     epochs: int = 5
     """Passes over each rollout."""
     minibatches: int = 4

@@ -12,7 +12,8 @@ The details follow cleanrl's ``ppo_continuous_action`` and rsl_rl's PPO (anchors
 - **Learning rate.** ``fixed``, ``linear`` (annealed to 0 over ``trainer.steps`` iterations, cleanrl) or
   ``adaptive``: after each minibatch the analytic KL between the old and the new Gaussian moves the rate
   (divided by 1.5 above twice ``desired_kl``, multiplied by 1.5 below half of it; rsl_rl). The critic shares
-  the policy's rate unless ``critic_lr`` gives it its own (then only ``linear`` moves it).
+  the policy's rate unless ``critic_lr`` gives it its own (then only ``linear`` moves it). For the first
+  ``critic_warmup`` iterations only the critic learns (DPPO, for a fine-tuned policy).
 - **Observation normalisation.** A running mean and variance over every observation the rollouts see.
   Observations are not clipped, so a checkpoint's normaliser (``meanstd``) reproduces the map exactly at
   evaluation and deployment.
@@ -121,8 +122,8 @@ class PPO:
                  lr_schedule: str = "fixed", desired_kl: float = 0.01, gamma: float = 0.99, lam: float = 0.95,
                  clip: float = 0.2, value_clip: float = 0.2, entropy_coef: float = 0.0, value_coef: float = 0.5,
                  max_grad_norm: float = 0.5, norm_advantages: bool = True,
-                 critic_hidden_dims: tuple[int, ...] = (64, 64), critic_lr: float = 0.0, obs_norm: bool = True,
-                 reward_norm: bool = True) -> None:
+                 critic_hidden_dims: tuple[int, ...] = (64, 64), critic_lr: float = 0.0, critic_warmup: int = 0,
+                 obs_norm: bool = True, reward_norm: bool = True) -> None:
         if not isinstance(policy, self.POLICY):
             raise ValueError(f"algo={name} trains the {self.POLICY.__name__}: use policy={self.POLICY_OPTION}, got "
                              f"{type(policy).__name__}")
@@ -140,6 +141,9 @@ class PPO:
         self.num_envs, self.rollout_steps, self.epochs, self.minibatches = num_envs, rollout_steps, epochs, minibatches
         self.lr, self.initial_lr, self.lr_schedule, self.desired_kl = lr, lr, lr_schedule, desired_kl
         self.critic_lr = critic_lr  # 0: the critic shares the policy's rate, schedules included
+        if critic_warmup < 0:
+            raise ValueError(f"algo.critic_warmup must be >= 0, got {critic_warmup}")
+        self.critic_warmup = critic_warmup
         self.gamma, self.lam, self.clip, self.value_clip = gamma, lam, clip, value_clip
         self.entropy_coef, self.value_coef, self.max_grad_norm = entropy_coef, value_coef, max_grad_norm
         self.norm_advantages, self.obs_norm, self.reward_norm = norm_advantages, obs_norm, reward_norm
@@ -254,7 +258,10 @@ class PPO:
         policy_loss, stats = self.surrogate(logp, batch["logp"], advantages)
         values = self.critic(batch["obs"]).squeeze(-1)
         value_loss = clipped_value_loss(values, batch["value"], batch["return"], self.value_clip)
-        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy + extra_loss
+        policy_terms = policy_loss - self.entropy_coef * entropy + extra_loss
+        if self.iterations <= self.critic_warmup:  # a fine-tuned policy waits for a critic that knows it
+            policy_terms = policy_terms.detach()
+        loss = policy_terms + self.value_coef * value_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.max_grad_norm > 0:

@@ -43,8 +43,9 @@ console = Console(soft_wrap=True)
 RECIPES: dict[str, list[str]] = {
     "ppo": ["algo=ppo", "policy=gaussian"],
     "policyflow": ["algo=policyflow", "policy=noisy_flow", "policy.hidden_dims=[64,64]"],
+    # from scratch: DPPO's gym rates (its defaults are robomimic's, for fine-tuning a BC policy)
     "dppo": ["algo=dppo", "policy=diffusion_mlp", "policy.horizon=1", "policy.action_steps=1", "policy.obs_steps=1",
-             "policy.hidden_dims=[256,256,256]"],
+             "policy.hidden_dims=[256,256,256]", "algo.lr=1e-4", "algo.critic_warmup=0"],
 }
 COVERAGE_TASK = "multigoal"
 MODE_SHARE = 0.05

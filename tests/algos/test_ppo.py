@@ -4,6 +4,7 @@ end-to-end loop with resume and evaluation, and configuration errors."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -263,3 +264,19 @@ def test_online_loop_closes_its_envs_when_setup_fails(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="use policy=gaussian"):
         train(compose("train", [*BASE, "policy=mlp"]), tmp_path / "run")
     assert sorted(closed) == [2, 4]  # the evaluation envs and the rollout envs
+
+
+def test_critic_warmup_trains_only_the_critic():
+    torch.manual_seed(0)
+    algo = PPO(GaussianPolicy(obs_dim=2, action_dim=1, hidden_dims=(8,)), total_steps=10, num_envs=4,
+               rollout_steps=8, minibatches=2, critic_warmup=1)
+    policy_before = copy.deepcopy(algo.policy.state_dict())
+    critic_before = copy.deepcopy(algo.critic.state_dict())
+    algo.update(bandit_rollout(algo))
+    for key, value in algo.policy.state_dict().items():
+        torch.testing.assert_close(value, policy_before[key])
+    assert any(not torch.equal(v, critic_before[k]) for k, v in algo.critic.state_dict().items())
+    algo.update(bandit_rollout(algo))  # warm-up over: the policy learns
+    assert any(not torch.equal(v, policy_before[k]) for k, v in algo.policy.state_dict().items())
+    with pytest.raises(ValueError, match="algo.critic_warmup must be >= 0, got -1"):
+        PPO(GaussianPolicy(obs_dim=2, action_dim=1), total_steps=1, critic_warmup=-1)
