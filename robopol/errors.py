@@ -30,6 +30,10 @@ class MissingExtraError(RobopolError, ImportError):
     """An optional dependency group (pip extra) is not installed."""
 
 
+class DivergedError(RobopolError, FloatingPointError):
+    """Training produced a non-finite loss; the message names the algorithm, the iteration and what to lower."""
+
+
 class NotLandedError(RobopolError):
     """A capability that robopol plans but has not implemented yet."""
 

@@ -49,7 +49,9 @@ def policy_log_density(policy: NoisyFlowPolicy, old_policy: NoisyFlowPolicy, bat
     with torch.no_grad():
         v_old = old_policy.velocity(x_t, t, batch["obs"])
     std = policy.log_std.exp().expand_as(v_new)
-    return Normal(v_new - v_old, std).log_prob(batch["noise"]).sum(-1), v_new, v_old, x_t
+    # unvalidated: a diverged network's NaNs reach PPO's loss check, which names the cause
+    density = Normal(v_new - v_old, std, validate_args=False)
+    return density.log_prob(batch["noise"]).sum(-1), v_new, v_old, x_t
 
 
 def brownian_residual(v_new: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from robopol.errors import DivergedError
 from robopol.policies.base import check_choice
 from robopol.policies.gaussian import GaussianPolicy, tanh_mlp
 
@@ -262,6 +263,11 @@ class PPO:
         if self.iterations <= self.critic_warmup:  # a fine-tuned policy waits for a critic that knows it
             policy_terms = policy_terms.detach()
         loss = policy_terms + self.value_coef * value_loss
+        if not torch.isfinite(loss):
+            raise DivergedError(
+                f"algo={self.name}: the loss became non-finite in iteration {self.iterations} (policy "
+                f"{policy_loss.item()}, value {value_loss.item()}, extra {extra_loss.item()}); lower algo.lr or the "
+                f"regulariser weights, or clip gradients (algo.max_grad_norm)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.max_grad_norm > 0:

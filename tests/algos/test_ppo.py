@@ -20,6 +20,7 @@ from robopol.algos.ppo import (
     clipped_value_loss,
     gae,
 )
+from robopol.errors import DivergedError
 from robopol.policies.gaussian import GaussianPolicy
 
 from .helpers import bandit_rollout
@@ -280,3 +281,12 @@ def test_critic_warmup_trains_only_the_critic():
     assert any(not torch.equal(v, policy_before[k]) for k, v in algo.policy.state_dict().items())
     with pytest.raises(ValueError, match="algo.critic_warmup must be >= 0, got -1"):
         PPO(GaussianPolicy(obs_dim=2, action_dim=1), total_steps=1, critic_warmup=-1)
+
+
+def test_a_non_finite_loss_is_named():
+    algo = PPO(GaussianPolicy(obs_dim=2, action_dim=1, hidden_dims=(8,)), total_steps=10, num_envs=4,
+               rollout_steps=8, minibatches=2)
+    rollout = bandit_rollout(algo)
+    rollout["reward"][0, 0] = float("nan")
+    with pytest.raises(DivergedError, match="algo=ppo: the loss became non-finite in iteration 1"):
+        algo.update(rollout)
