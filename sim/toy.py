@@ -57,12 +57,22 @@ class PointReachEnv:
         self._pos = np.zeros((num_envs, 2))
         self._goal = np.zeros((num_envs, 2))
         self._t = np.zeros(num_envs, dtype=np.int64)
+        self._done = np.zeros(num_envs, dtype=bool)  # ended without auto-reset: frozen until reset
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self._pos, self._goal = self._draw_episodes(self.num_envs)
         self._t[:] = 0
+        self._done[:] = False
+        return self._obs()
+
+    def reset_done(self) -> dict[str, np.ndarray]:
+        """New episodes in the envs whose episode ended (without auto-reset); every env's observation."""
+        if self._done.any():
+            self._pos[self._done], self._goal[self._done] = self._draw_episodes(int(self._done.sum()))
+            self._t[self._done] = 0
+            self._done[:] = False
         return self._obs()
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -75,14 +85,17 @@ class PointReachEnv:
             raise ConfigError(f"task '{self.spec.task}': actions contain NaN or inf for envs {bad}")
         clipped = np.clip(actions, -1.0, 1.0)
         self.clipped_actions += int(np.any(clipped != actions, axis=1).sum())
-        self._pos = np.clip(self._pos + self.max_speed * clipped, *self.ARENA)
-        self._t += 1
+        moving = ~self._done[:, None]
+        self._pos = np.where(moving, np.clip(self._pos + self.max_speed * clipped, *self.ARENA), self._pos)
+        self._t += ~self._done
         dist = self._goal_distance()
         success = dist < self.goal_tolerance
         truncated = (self._t >= self.spec.max_episode_steps) & ~success
         obs, info = self._obs(), {}
         ended = success | truncated
-        if self.autoreset and ended.any():
+        if not self.autoreset:
+            self._done |= ended
+        elif ended.any():
             info["final_obs"] = {k: v.copy() for k, v in obs.items()}
             self._pos[ended], self._goal[ended] = self._draw_episodes(int(ended.sum()))
             self._t[ended] = 0

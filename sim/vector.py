@@ -158,6 +158,16 @@ class VectorEnv:
             success=self._success.copy(), info=info,
         )
 
+    def reset_done(self) -> dict[str, np.ndarray]:
+        """Start new episodes (with their next seeds) in the envs whose episode ended and that wait for a reset,
+        e.g. between the open-loop chunks of a rollout; returns every env's observation."""
+        idx = np.flatnonzero(self._done)
+        if len(idx):
+            self._restart(idx.tolist(), None)
+            self._done[idx] = False
+            self._terminated[idx] = self._truncated[idx] = self._success[idx] = False
+        return {k: v.copy() for k, v in self._obs.items()}
+
     @property
     def done(self) -> np.ndarray:
         """Envs whose episode has ended and that wait for ``reset`` (always all False with auto-reset)."""

@@ -1,6 +1,7 @@
 """The on-policy loop's rollout collection (robopol.train.online.collect_rollout): one action per decision
-and open-loop chunks, with rewards summed up to the chunk's or the episode's end, next values from the final
-observation on time-outs and 0 on terminals, and the episode tracker counting every env step."""
+and open-loop chunks, with rewards summed up to the chunk's or the episode's end (the rest of the chunk is
+not executed), next values from the last observation on time-outs and 0 on terminals, ended envs restarted
+at the next decision, and the episode tracker counting every env step taken."""
 
 from __future__ import annotations
 
@@ -12,29 +13,36 @@ from robopol.train.online import EpisodeTracker, collect_rollout, policy_normali
 
 
 class CountingEnv:
-    """Two auto-resetting envs whose observation is the step count in the episode; reward 1 per step. Env 0
-    terminates at its 3rd step, env 1 times out at its 4th."""
+    """Two envs whose observation is the step count in the episode; reward 1 per step. Env 0 terminates at
+    its 3rd step, env 1 times out at its 4th. Without auto-reset an ended env waits (is not stepped) until
+    ``reset_done``."""
 
     num_envs = 2
     spec = EnvSpec("counting", {"t": ArraySpec((1,))}, ArraySpec((1,), low=(-1.0,), high=(1.0,)), 4)
 
     def __init__(self) -> None:
         self.t = np.zeros(2)
+        self.done = np.zeros(2, dtype=bool)
         self.actions: list[np.ndarray] = []
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         self.t[:] = 0
+        self.done[:] = False
+        return {"t": self.t[:, None].copy()}
+
+    def reset_done(self) -> dict[str, np.ndarray]:
+        self.t[self.done] = 0
+        self.done[:] = False
         return {"t": self.t[:, None].copy()}
 
     def step(self, actions: np.ndarray) -> StepResult:
-        self.actions.append(actions.copy())
-        self.t += 1
+        self.actions.append(np.where(self.done[:, None], np.nan, actions))  # NaN: not stepped
+        self.t += ~self.done
         terminated = np.array([self.t[0] == 3, False])
         truncated = np.array([False, self.t[1] == 4])
-        final = {"t": self.t[:, None].copy()}
-        self.t[terminated | truncated] = 0
-        return StepResult({"t": self.t[:, None].copy()}, np.ones(2), terminated, truncated, terminated,
-                          {"final_obs": final})
+        reward = np.where(self.done, 0.0, 1.0)
+        self.done |= terminated | truncated
+        return StepResult({"t": self.t[:, None].copy()}, reward, terminated, truncated, terminated)
 
 
 class ChunkAlgo:
@@ -77,13 +85,11 @@ def test_one_action_per_decision():
 
 def test_chunks_sum_rewards_until_the_episode_ends():
     data, env, tracker = rollout(2)  # decisions of 2 steps: env 0 ends at step 3, env 1 times out at step 4
-    assert len(env.actions) == 6
     np.testing.assert_allclose(env.actions[1][:, 0], [0.5, 0.5])  # the chunk's second action, executed
     assert data["reward"].tolist() == [[2, 2], [1, 2], [2, 2]]  # env 0's 2nd chunk: the terminal cut it at 1
-    # env 0 terminates at steps 3 and 6 (its new episode began inside a chunk), env 1 times out at step 4
-    assert data["episode_end"].tolist() == [[False, False], [True, True], [True, False]]
-    # terminals value 0; env 1's time-out values its final observation (t = 4)
-    assert data["next_value"].tolist() == [[12, 12], [0, 14], [0, 12]]
-    # env 0 restarted inside its chunk: its next decision starts from t = 1 of the new episode
-    assert data["obs"][2].tolist() == [[1.0], [0.0]]
-    assert tracker.drain()["episode_length"] == 10 / 3  # episodes of 3, 4 and 3 env steps
+    assert np.isnan(env.actions[3][0, 0])  # ... and the rest of that chunk was not executed
+    assert data["episode_end"].tolist() == [[False, False], [True, True], [False, False]]
+    # terminals value 0; env 1's time-out values its last observation (t = 4)
+    assert data["next_value"].tolist() == [[12, 12], [0, 14], [12, 12]]
+    assert data["obs"][2].tolist() == [[0.0], [0.0]]  # both start their next episode at the next decision
+    assert tracker.drain()["episode_length"] == 3.5  # episodes of 3 and 4 env steps

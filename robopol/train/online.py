@@ -1,7 +1,7 @@
 """The on-policy training loop: batched env rollouts -> algorithm iterations -> metrics, checkpoints, evaluation.
 
 ``robopol train`` hands algorithms with ``online = True`` (``algo=ppo``) to :func:`train_online`. One
-iteration collects ``algo.rollout_steps`` steps from each of ``algo.num_envs`` auto-resetting envs and calls
+iteration collects ``algo.rollout_steps`` decisions from each of ``algo.num_envs`` envs and calls
 ``algo.update(rollout)``; ``trainer.steps``, ``log_every``, ``eval_every`` and ``ckpt_every`` count
 iterations. Training logs the raw return and length of the episodes that ended during the iteration, env
 steps and env steps per second. Evaluation runs the policy's mean action through the same
@@ -118,9 +118,10 @@ class EpisodeTracker:
         self.lengths = np.zeros(num_envs, dtype=np.int64)
         self.finished: list[tuple[float, int]] = []
 
-    def step(self, reward: np.ndarray, ended: np.ndarray) -> None:
+    def step(self, reward: np.ndarray, ended: np.ndarray, stepped: np.ndarray | None = None) -> None:
+        """One env step; ``stepped`` marks the envs that took it (default: all)."""
         self.returns += reward
-        self.lengths += 1
+        self.lengths += 1 if stepped is None else stepped
         for i in np.flatnonzero(ended):
             self.finished.append((float(self.returns[i]), int(self.lengths[i])))
         self.returns[ended] = 0.0
@@ -143,8 +144,8 @@ def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_
 
     A decision is one action (``(N, A)`` from ``algo.act``) or a chunk executed open loop (``(N, Ta, A)``, as
     DPPO does): its reward is the sum of the rewards up to the chunk's end or the episode's, whichever comes
-    first. An env whose episode ends inside a chunk has auto-reset and runs the chunk's remaining actions in
-    its new episode, whose next decision then starts from where they left it."""
+    first. ``env`` runs without auto-reset: an env whose episode ends waits (the rest of its chunk is not
+    executed) and starts its next episode at the next decision (``env.reset_done()``)."""
     steps: list[dict[str, torch.Tensor]] = []
     for _ in range(algo.rollout_steps):
         norm_obs = algo.normalize_obs(flat_obs(obs, obs_keys), update=True)
@@ -153,23 +154,25 @@ def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_
         reward = torch.zeros(env.num_envs)
         ended = torch.zeros(env.num_envs, dtype=torch.bool)
         terminated = torch.zeros(env.num_envs, dtype=torch.bool)
-        following = torch.zeros(env.num_envs, flat_obs(obs, obs_keys).shape[1], dtype=torch.float64)
         for action in chunk.unbind(1):
             command = normalizer.unnormalize(ACTION_KEY, action.clamp(-1.0, 1.0).double()).numpy()
             result = env.step(command.reshape(env.num_envs, *env.spec.action.shape))
             live = ~ended
-            reward += torch.where(live, torch.as_tensor(result.reward, dtype=torch.float32), 0.0)
+            step_reward = torch.where(live, torch.as_tensor(result.reward, dtype=torch.float32), 0.0)
             ends_now = live & torch.as_tensor(result.terminated | result.truncated)
-            if ends_now.any():  # the auto-reset replaced these observations: value the episode's last one
-                following[ends_now] = flat_obs(result.info["final_obs"], obs_keys)[ends_now]
+            reward += step_reward
             terminated |= live & torch.as_tensor(result.terminated)
             ended |= ends_now
-            tracker.step(result.reward.astype(np.float64), (result.terminated | result.truncated))
+            tracker.step(step_reward.double().numpy(), ends_now.numpy(), live.numpy())
             obs = result.obs
-        following[~ended] = flat_obs(obs, obs_keys)[~ended]
-        next_value = torch.where(terminated, 0.0, algo.value(algo.normalize_obs(following)))
+            if ended.all():
+                break
+        # ended envs still show their episode's last observation: value it, then start their next episode
+        next_value = torch.where(terminated, 0.0, algo.value(algo.normalize_obs(flat_obs(obs, obs_keys))))
         steps.append({"obs": norm_obs, **out, "reward": algo.scale_rewards(reward, ended),
                       "next_value": next_value, "episode_end": ended})
+        if ended.any():
+            obs = env.reset_done()
     rollout = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
     return rollout, obs
 
@@ -201,10 +204,9 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
     env = make_env(cfg.task, num_envs=cfg.algo.num_envs, seed=cfg.seed)
     eval_env = None
     try:  # the envs (worker processes, for most tasks) close whatever happens
-        if not hasattr(env, "autoreset"):
-            raise ConfigError(f"task '{cfg.task.name}': its env ({type(env).__name__}) cannot auto-reset, which "
-                              f"rollouts need; use a robopol.sim task")
-        env.autoreset = True
+        if not hasattr(env, "reset_done"):
+            raise ConfigError(f"task '{cfg.task.name}': its env ({type(env).__name__}) cannot restart the episodes "
+                              f"that ended (reset_done), which rollouts need; use a robopol.sim task")
         if tcfg.eval_episodes:
             eval_env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes), seed=cfg.seed)
         final_eval, last = _train(cfg, run, env, eval_env, overrides)

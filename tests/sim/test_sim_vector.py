@@ -67,6 +67,35 @@ def test_autoreset_returns_the_final_observation_and_uses_the_next_seeds():
     np.testing.assert_array_equal(result.obs["goal"][0], fresh["goal"])
 
 
+def test_reset_done_restarts_only_the_envs_that_ended():
+    env = make_vector_env(partial(PointMassSim, max_speed=0.0), num_envs=3, seed=0, backend="inprocess",
+                          max_episode_steps=2)
+    first = env.reset(seed=10)
+    env.step(np.zeros((3, 2)))
+    assert env.reset_done()["goal"].tolist() == first["goal"].tolist()  # nothing ended: nothing restarts
+    env.step(np.zeros((3, 2)))
+    assert env.done.all() and env.episode_seeds.tolist() == [10, 11, 12]
+    restarted = env.reset_done()
+    assert not env.done.any() and env.episode_seeds.tolist() == [13, 14, 15]
+    np.testing.assert_array_equal(restarted["goal"][0], PointMassSim().reset(13)["goal"])
+    assert not env.step(np.zeros((3, 2))).truncated.any()  # new episodes, new time limits
+
+
+def test_toy_env_freezes_ended_envs_until_reset_done():
+    from robopol.sim.toy import PointReachEnv
+
+    env = PointReachEnv(num_envs=2, seed=0, max_episode_steps=2)
+    env.reset(seed=0)
+    env.step(np.zeros((2, 2)))
+    ended = env.step(np.ones((2, 2)))
+    assert ended.truncated.all() or ended.terminated.any()
+    frozen = env.step(np.ones((2, 2)))  # ended envs do not move
+    np.testing.assert_array_equal(frozen.obs["pos"], ended.obs["pos"])
+    restarted = env.reset_done()
+    assert not (restarted["pos"] == ended.obs["pos"]).all()
+    assert not env.step(np.zeros((2, 2))).truncated.any()
+
+
 @pytest.mark.parametrize("backend", ["inprocess", "workers"])
 def test_same_seed_same_rollout(backend):
     env = make_vector_env(PointMassSim, num_envs=2, seed=0, backend=backend)
