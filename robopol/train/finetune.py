@@ -7,7 +7,8 @@ learning from a mix of the offline windows and its own episodes.
   exactly as they would on a robot. The samplers draw noise, which is the exploration.
 - **Replay.** Finished episodes are appended to ``<run>/online.zarr``, an episode store with the same keys as
   the offline data (observations, ``action``, ``reward``, ``terminal``, ``success``), written atomically per
-  batch of episodes, so a crash never leaves a half episode and the data outlives the run.
+  batch of episodes, so a crash never leaves a half episode and the data outlives the run. Episodes the
+  budget cuts short are stored as they are, like a time-out (no terminal).
 - **Updates.** After ``online.start`` env steps, every env step is followed by ``online.utd`` gradient
   steps per env stepped. Each batch takes ``round(online.ratio * batch_size)`` windows from the online
   episodes (:class:`MixedSampler`) and the rest from the offline store; before the first online episode ends
@@ -34,6 +35,9 @@ from robopol.errors import ConfigError
 from robopol.runtime import ChunkActor, evaluate
 
 ONLINE_STORE = "online.zarr"
+ONLINE_SEEDS = 1_000_000
+"""Batches of online episodes reset with ``seed + ONLINE_SEEDS + env steps so far``: seeds no batch repeats,
+apart from evaluation's (``10_000 + seed``)."""
 
 
 class MixedSampler:
@@ -132,7 +136,8 @@ class EpisodeRecorder:
         return live.size
 
     def episodes(self) -> list[dict[str, np.ndarray]]:
-        return [{k: np.stack([s[k] for s in steps]) for k in steps[0]} for steps in self.steps]
+        """Each env's episode as store arrays (an env that never stepped gives an empty dict)."""
+        return [{k: np.stack([s[k] for s in steps]) for k in steps[0]} if steps else {} for steps in self.steps]
 
 
 def finetune_online(cfg: Any, algo: Any, mixed: MixedSampler, replay: OnlineReplay, state: OnlineState,
@@ -153,7 +158,7 @@ def finetune_online(cfg: Any, algo: Any, mixed: MixedSampler, replay: OnlineRepl
         while state.env_steps < total:
             began, updates = time.perf_counter(), 0
             actor = ChunkActor(algo.eval_policy(), normalizer, obs_keys, "action", device)
-            obs = env.reset(seed=cfg.seed + 7_919 * (1 + state.env_steps))
+            obs = env.reset(seed=cfg.seed + ONLINE_SEEDS + state.env_steps)
             recorder = EpisodeRecorder(env.num_envs)
             metrics: dict[str, float] = {}
             while not recorder.done.all() and state.env_steps < total:
@@ -170,7 +175,8 @@ def finetune_online(cfg: Any, algo: Any, mixed: MixedSampler, replay: OnlineRepl
                         updates += 1
             progress.update(state.env_steps - progress.n + tcfg.steps)
             finished = [i for i in range(env.num_envs) if recorder.steps[i]]
-            ids = replay.append([recorder.episodes()[i] for i in finished], recorder.success[finished])
+            episodes = recorder.episodes()
+            ids = replay.append([episodes[i] for i in finished], recorder.success[finished])
             state.episodes = (*state.episodes, *ids)
             mixed.online = replay.sampler(state.episodes)
             step = tcfg.steps + state.env_steps
