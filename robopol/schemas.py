@@ -621,6 +621,10 @@ class BenchCommand:
     """online: also train every method on the multi-goal task and count the goals its stochastic policy reaches."""
     coverage_episodes: int = 300
     """online: episodes counted per multi-goal run."""
+    init: str = ""
+    """online: a BC diffusion-policy run that DPPO also fine-tunes on its task (empty: none)."""
+    finetune_iterations: int = 30
+    """online: iterations of each DPPO fine-tuning run (64 decisions per env each)."""
     eval_every: int = 0
     """offline: gradient steps between evaluations (0: only at the end)."""
     horizon: int = 5

@@ -48,3 +48,25 @@ def test_bench_online_bad_inputs(tmp_path):
     assert proc.returncode != 0 and "unknown methods ['sac']; available: ppo, policyflow, dppo" in proc.stderr
     proc = run_cli("bench", "online", "iterations=0", cwd=tmp_path)
     assert proc.returncode != 0 and "iterations must be at least 1, got 0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_online_fine_tunes_a_bc_checkpoint(tmp_path, toy_store):
+    from robopol.cli.app import compose
+    from robopol.train.trainer import train
+
+    bc = ["task=point_reach", f"data={toy_store}", "algo=bc", "policy=diffusion_mlp", "policy.horizon=4",
+          "policy.action_steps=2", "policy.obs_steps=1", "policy.hidden_dims=[16]", "policy.embed_dim=8",
+          "trainer.steps=20", "trainer.batch_size=16", "trainer.eval_episodes=0",
+          "trainer.progress=false", "trainer.num_threads=1"]
+    train(compose("train", bc), tmp_path / "bc")
+    out = tmp_path / "bench"
+    run_cli("bench", "online", "quick=true", "tasks=[]", "coverage=false", f"init={tmp_path / 'bc'}",
+            "seeds=[0,1]", "finetune_iterations=2", "episodes=4", f"out_dir={out}", cwd=tmp_path, check=True)
+    (row,) = json.loads((out / "online.json").read_text())["rows"]
+    assert row["task"] == "point_reach" and row["method"] == "dppo fine-tuning BC" and row["seeds"] == 2
+    per_seed = json.loads(row["per_seed"])
+    assert row["bc_success"] == pytest.approx(np.mean([b for b, _ in per_seed]), abs=1e-3)
+    assert row["gain_points"] == pytest.approx(100 * (row["success"] - row["bc_success"]))
+    for seed in (0, 1):
+        assert (out / "online" / "point_reach" / "dppo_finetune" / f"seed{seed}" / "checkpoints").is_dir()

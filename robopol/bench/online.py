@@ -14,6 +14,10 @@ With ``coverage=true`` every method also trains on ``task=multigoal`` (6 equally
 start) and ``coverage_episodes`` episodes of its *stochastic* policy (the rollout sampler) are counted by the
 goal they end nearest to; ``modes`` counts the goals that get at least 5% of the episodes.
 
+With ``init=<BC run>`` (a diffusion policy), DPPO also fine-tunes that checkpoint on its own task for
+``finetune_iterations`` iterations per seed; the table gives the BC policy's success and the fine-tuned one's on
+the same evaluation episodes (``episodes`` of them, the seeds the training run evaluates with).
+
 Runs live in ``out_dir/online/<task>/<method>/seed<k>``; finished runs are reused and interrupted ones resume,
 and ``jobs=N`` trains N runs side by side (see ``robopol bench offline``). Budgets scale by overrides alone
 (``iterations``, ``extra=[algo.num_envs=64,...]``).
@@ -63,6 +67,7 @@ def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.iterations < 1:
         raise ConfigError(f"iterations must be at least 1, got {cfg.iterations}")
     tasks = [*cfg.tasks, *([COVERAGE_TASK] if cfg.coverage else [])]
+    finetune = _finetune_runs(cfg) if cfg.init else {}
     root = Path(cfg.out_dir) / "online"
     quick = ["algo.num_envs=2", "algo.rollout_steps=16", "algo.minibatches=2", "algo.critic_hidden_dims=[16]",
              "policy.hidden_dims=[16]"] if cfg.quick else []
@@ -85,6 +90,9 @@ def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
                 if _checkpoint_step(run) > 0:
                     overrides.append(f"resume={run.resolve()}")
                 pending.append((run, overrides))
+    for run, overrides in finetune.values():
+        if not _trained_to(run, cfg.finetune_iterations):
+            pending.append((run, [*overrides, *([f"resume={run.resolve()}"] if _checkpoint_step(run) > 0 else [])]))
     if cfg.jobs > 1:
         _train_side_by_side(pending, cfg.jobs)
     for run, overrides in pending if cfg.jobs <= 1 else []:
@@ -98,6 +106,8 @@ def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
             rows.append({"task": COVERAGE_TASK, "method": method, "seeds": len(counts),
                          "modes_per_seed": json.dumps([kept_modes(c) for c in counts]),
                          "goal_counts": json.dumps([c.tolist() for c in counts])})
+    if finetune:
+        rows.append(finetune_row(cfg, [run for run, _ in finetune.values()], list(finetune)))
     notes = (f"{cfg.iterations} iterations from scratch per run, seeds {list(cfg.seeds)}; final_return = training-"
              f"episode return over the last tenth of the iterations, eval_return = deterministic policy over "
              f"{cfg.episodes} episodes; s_per_iter = median wall-clock per iteration (rollout + update); ratios "
@@ -106,6 +116,42 @@ def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
     write_report("online", rows, cfg.out_dir, notes=notes)
     plot_online(runs, cfg.tasks, Path(cfg.out_dir) / "online.png")
     return rows
+
+
+def _finetune_runs(cfg: DictConfig) -> dict[int, tuple[Path, list[str]]]:
+    """Per seed: the DPPO run fine-tuning ``cfg.init`` and its overrides."""
+    from robopol.checkpoint import load_checkpoint
+
+    task = load_checkpoint(cfg.init).config.task
+    backend = ["task.backend=inprocess"] if "backend" in task else []
+    quick = ["algo.num_envs=2", "algo.rollout_steps=8", "algo.minibatches=2", "algo.critic_hidden_dims=[16]"] \
+        if cfg.quick else []
+    return {seed: (Path(cfg.out_dir) / "online" / task.name / "dppo_finetune" / f"seed{seed}",
+                   ["algo=dppo", f"init={Path(cfg.init).resolve()}", f"task={task.name}", *backend,
+                    "algo.rollout_steps=64", f"trainer.steps={cfg.finetune_iterations}", "trainer.log_every=1",
+                    f"trainer.eval_every={cfg.finetune_iterations}", f"trainer.eval_episodes={cfg.episodes}",
+                    f"trainer.ckpt_every={cfg.finetune_iterations}", "trainer.videos=false",
+                    f"trainer.progress={not cfg.quick}", "trainer.num_threads=1", f"seed={seed}", *quick])
+            for seed in cfg.seeds}
+
+
+def finetune_row(cfg: DictConfig, runs: list[Path], seeds: list[int]) -> dict[str, Any]:
+    """The BC checkpoint's success and the fine-tuned runs', each on its run's evaluation episodes."""
+    from robopol.runtime import evaluate, load_actor
+    from robopol.tasks import make_env
+
+    actor, ckpt = load_actor(cfg.init)
+    env = make_env(ckpt.config.task, num_envs=min(10, cfg.episodes), seed=0)
+    try:  # the episodes the online loop evaluates with: seed 10_000 + run seed
+        before = [evaluate(env, actor, cfg.episodes, seed=10_000 + seed).success_rate for seed in seeds]
+    finally:
+        env.close()
+    after = [[r["eval/success_rate"] for r in read_metrics(run / "metrics.jsonl") if "eval/success_rate" in r][-1]
+             for run in runs]
+    return {"task": ckpt.config.task.name, "method": "dppo fine-tuning BC", "seeds": len(runs),
+            "bc_success": float(np.mean(before)), "success": float(np.mean(after)),
+            "gain_points": 100 * float(np.mean(after) - np.mean(before)),
+            "per_seed": json.dumps([[round(b, 3), round(a, 3)] for b, a in zip(before, after, strict=True)])}
 
 
 def curves(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
