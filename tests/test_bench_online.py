@@ -29,7 +29,8 @@ def test_bench_online_trains_each_method_and_counts_goals(tmp_path):
         assert row["time_vs_ppo"] == pytest.approx(row["s_per_iter"] / ppo["s_per_iter"])
     for method in ("ppo", "policyflow", "dppo"):
         counts = json.loads(rows[("multigoal", method)]["goal_counts"])
-        assert len(counts) == 1 and len(counts[0]) == 6 and sum(counts[0]) == 12
+        assert len(counts) == 1 and len(counts[0]) == 7 and sum(counts[0]) == 12  # 6 goals, then misses
+        assert rows[("multigoal", method)]["success"] == pytest.approx(1 - counts[0][-1] / 12)
         assert json.loads(rows[("multigoal", method)]["modes_per_seed"]) == [kept_modes(np.array(counts[0]))]
     assert (out / "online.png").stat().st_size > 1000
     before = (out / "online" / "point_reach" / "ppo" / "seed0" / "metrics.jsonl").read_text()
@@ -37,10 +38,11 @@ def test_bench_online_trains_each_method_and_counts_goals(tmp_path):
     assert (out / "online" / "point_reach" / "ppo" / "seed0" / "metrics.jsonl").read_text() == before
 
 
-def test_kept_modes_counts_goals_with_a_five_percent_share():
-    assert kept_modes(np.array([100, 0, 0, 0, 0, 0])) == 1
-    assert kept_modes(np.array([90, 5, 4, 1, 0, 0])) == 2  # 5 of 100 is 5%, 4 is not
-    assert kept_modes(np.array([50, 50, 50, 50, 50, 50])) == 6
+def test_kept_modes_counts_goals_reached_in_five_percent_of_the_episodes():
+    assert kept_modes(np.array([100, 0, 0, 0, 0, 0, 0])) == 1
+    assert kept_modes(np.array([90, 5, 4, 1, 0, 0, 0])) == 2  # 5 of 100 is 5%, 4 is not
+    assert kept_modes(np.array([50, 50, 50, 50, 50, 50, 0])) == 6
+    assert kept_modes(np.array([4, 4, 4, 4, 4, 4, 76])) == 0  # misses count in the total, never as a mode
 
 
 def test_bench_online_bad_inputs(tmp_path):
