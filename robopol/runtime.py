@@ -164,7 +164,8 @@ class ChunkActor:
             for k in self.obs_keys
         }
         obs = obs_features(stacked, self.obs_keys, self.normalizer)
-        with count_calls(getattr(self.policy, "net", self.policy)) as calls:
+        # a policy made of several networks (DPPO's frozen and fine-tuned ones) lists them as ``nets``
+        with count_calls(*getattr(self.policy, "nets", [getattr(self.policy, "net", self.policy)])) as calls:
             chunk_started = time.perf_counter()
             shift = self.action_steps if shift is None else shift
             if self.rti is not None and self._guess is not None and 0 < shift < self.horizon:
@@ -248,18 +249,19 @@ def pick_rti_noise_level(actor: ChunkActor, store: EpisodeStore, pairs: int = 25
 
 
 @contextmanager
-def count_calls(module: nn.Module) -> Iterator[list[int]]:
-    """Count forward calls of ``module`` inside the block: yields a one-element list holding the count."""
+def count_calls(*modules: nn.Module) -> Iterator[list[int]]:
+    """Count forward calls of ``modules`` inside the block: yields a one-element list holding the count."""
     count = [0]
 
     def hook(*_: object) -> None:
         count[0] += 1
 
-    handle = module.register_forward_pre_hook(hook)
+    handles = [module.register_forward_pre_hook(hook) for module in modules]
     try:
         yield count
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def latency_summary(actor: ChunkActor) -> dict[str, float]:

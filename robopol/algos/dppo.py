@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from robopol.algos.ppo import PPO, clipped_surrogate_loss
+from robopol.errors import ConfigError
 from robopol.policies.base import check_choice
 from robopol.policies.consistency import ConsistencyPolicy
 from robopol.policies.diffusion import DiffusionPolicy
@@ -126,9 +127,17 @@ class FinetunedDiffusion(nn.Module):
         for key in ("obs_dim", "action_dim", "obs_steps", "horizon", "action_steps", "discrete_dims"):
             setattr(self, key, getattr(policy, key))
 
+    @property
+    def nets(self) -> tuple[nn.Module, nn.Module]:
+        """The networks whose calls count as function evaluations."""
+        return self.frozen.net, self.policy.net
+
     @torch.no_grad()
-    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None, sampler: str | None = None,
+               steps: int | None = None) -> torch.Tensor:
         """``obs`` (B, To, obs_dim) normalised -> the chain's clean chunk (B, H, A), normalised actions."""
+        if sampler is not None or steps is not None:
+            raise ConfigError("a DPPO checkpoint deploys the DDIM chain it fine-tuned; drop sampler= and steps=")
         self.policy.check_obs(obs)
         x = torch.randn((obs.shape[0], self.horizon, self.action_dim), generator=generator, device=obs.device,
                         dtype=obs.dtype)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from robopol.algos.dppo import DPPO, FinetunedDiffusion, chain_levels, run_chain, step_clips, step_log_probs
+from robopol.errors import ConfigError
 from robopol.policies.diffusion import DiffusionPolicy
 
 from .helpers import bandit_rollout
@@ -180,6 +182,12 @@ def test_dppo_runs_through_the_online_loop_and_deploys(tmp_path, deploy):
     actor, _ = load_actor(str(tmp_path / "run"))
     if deploy == "chain":
         assert isinstance(actor.policy, FinetunedDiffusion) and actor.policy.ft_steps == 2
+        actor.reset()
+        obs = {"pos": np.zeros((1, 2), np.float32), "goal": np.ones((1, 2), np.float32)}
+        actor.act(obs)
+        assert actor.nfe == 4  # both networks' calls count: 2 frozen + 2 fine-tuned steps
+        with pytest.raises(ConfigError, match="drop sampler= and steps="):
+            load_actor(str(tmp_path / "run"), sampler="ddim")[0].act(obs)
     else:
         assert isinstance(actor.policy, ConsistencyPolicy)
 
