@@ -22,10 +22,11 @@ def test_bench_online_trains_each_method_and_counts_goals(tmp_path):
     rows = {(r["task"], r["method"]): r for r in report["rows"]}
     assert set(rows) == {(t, m) for t in ("point_reach", "multigoal") for m in ("ppo", "policyflow", "dppo")}
     ppo = rows[("point_reach", "ppo")]
-    assert ppo["env_steps"] == 4 * 2 * 16 and "return_vs_ppo" not in ppo  # quick: 2 envs x 16 steps x 4 iterations
+    assert ppo["env_steps"] == 4 * 2 * 16 and "return_gap_pct" not in ppo  # quick: 2 envs x 16 steps x 4 iterations
     for method in ("policyflow", "dppo"):
         row = rows[("point_reach", method)]
-        assert row["return_vs_ppo"] == pytest.approx(row["final_return"] / ppo["final_return"])
+        gap = 100 * (row["final_return"] - ppo["final_return"]) / abs(ppo["final_return"])
+        assert row["return_gap_pct"] == pytest.approx(gap)
         assert row["time_vs_ppo"] == pytest.approx(row["s_per_iter"] / ppo["s_per_iter"])
     for method in ("ppo", "policyflow", "dppo"):
         counts = json.loads(rows[("multigoal", method)]["goal_counts"])
