@@ -18,8 +18,9 @@ def test_bench_online_trains_each_method_and_counts_goals(tmp_path):
     args = ("bench", "online", "quick=true", "tasks=[point_reach]", "methods=[ppo,policyflow,dppo]", "seeds=[0]",
             "iterations=4", "episodes=2", "coverage_episodes=12", f"out_dir={out}")
     run_cli(*args, cwd=tmp_path, check=True)
-    report = json.loads((out / "online.json").read_text())
-    rows = {(r["task"], r["method"]): r for r in report["rows"]}
+    report = [*json.loads((out / "online.json").read_text())["rows"],
+              *json.loads((out / "online_coverage.json").read_text())["rows"]]
+    rows = {(r["task"], r["method"]): r for r in report}
     assert set(rows) == {(t, m) for t in ("point_reach", "multigoal") for m in ("ppo", "policyflow", "dppo")}
     ppo = rows[("point_reach", "ppo")]
     assert ppo["env_steps"] == 4 * 2 * 16 and "return_gap_pct" not in ppo  # quick: 2 envs x 16 steps x 4 iterations
@@ -66,7 +67,8 @@ def test_bench_online_fine_tunes_a_bc_checkpoint(tmp_path, toy_store):
     out = tmp_path / "bench"
     run_cli("bench", "online", "quick=true", "tasks=[]", "coverage=false", f"init={tmp_path / 'bc'}",
             "seeds=[0,1]", "finetune_iterations=2", "episodes=4", f"out_dir={out}", cwd=tmp_path, check=True)
-    (row,) = json.loads((out / "online.json").read_text())["rows"]
+    assert not (out / "online.json").exists()  # no locomotion task: no locomotion table
+    (row,) = json.loads((out / "online_finetune.json").read_text())["rows"]
     assert row["task"] == "point_reach" and row["method"] == "dppo fine-tuning BC" and row["seeds"] == 2
     per_seed = json.loads(row["per_seed"])
     assert row["bc_success"] == pytest.approx(np.mean([b for b, _ in per_seed]), abs=1e-3)

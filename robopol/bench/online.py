@@ -101,23 +101,33 @@ def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
         console.print(f"[bold]{run.parent.parent.name} {run.parent.name}[/] {run.name}: training -> {run}")
         train(compose("train", overrides), run, overrides)
     rows = summarise(runs, cfg.tasks)
+    if rows:
+        write_report("online", rows, cfg.out_dir, notes=(
+            f"{cfg.iterations} iterations from scratch per run, seeds {list(cfg.seeds)}; final_return = "
+            f"training-episode return over the last tenth of the iterations; eval_return = deterministic policy "
+            f"over {cfg.episodes} episodes; s_per_iter = median wall-clock per iteration (rollout + update); "
+            f"return_gap_pct and time_vs_ppo against ppo on the same task"))
+        plot_online(runs, cfg.tasks, Path(cfg.out_dir) / "online.png")
     if cfg.coverage:
+        coverage = []
         for method in cfg.methods:
             counts = [goal_counts(run, cfg.coverage_episodes, seed=20_000 + i)
                       for i, run in enumerate(runs[(COVERAGE_TASK, method)])]
-            rows.append({"task": COVERAGE_TASK, "method": method, "seeds": len(counts),
-                         "modes_per_seed": json.dumps([kept_modes(c) for c in counts]),
-                         "success": float(np.mean([1 - c[-1] / c.sum() for c in counts])),
-                         "goal_counts": json.dumps([c.tolist() for c in counts])})
+            coverage.append({"task": COVERAGE_TASK, "method": method, "seeds": len(counts),
+                             "modes_per_seed": json.dumps([kept_modes(c) for c in counts]),
+                             "success": float(np.mean([1 - c[-1] / c.sum() for c in counts])),
+                             "goal_counts": json.dumps([c.tolist() for c in counts])})
+        write_report("online_coverage", coverage, cfg.out_dir, notes=(
+            f"{cfg.iterations} iterations on {COVERAGE_TASK} per run; {cfg.coverage_episodes} episodes of the "
+            f"stochastic rollout policy per seed, counted by the goal reached (last count: none); modes = goals "
+            f"reached in >= {MODE_SHARE:.0%} of the episodes"))
+        rows += coverage
     if finetune:
-        rows.append(finetune_row(cfg, [run for run, _ in finetune.values()], list(finetune)))
-    notes = (f"{cfg.iterations} iterations from scratch per run, seeds {list(cfg.seeds)}; final_return = training-"
-             f"episode return over the last tenth of the iterations, eval_return = deterministic policy over "
-             f"{cfg.episodes} episodes; s_per_iter = median wall-clock per iteration (rollout + update); ratios "
-             f"to ppo on the same task. multigoal: {cfg.coverage_episodes} stochastic episodes per seed counted "
-             f"by the goal reached (last count: none); modes = goals reached in >= {MODE_SHARE:.0%} of them")
-    write_report("online", rows, cfg.out_dir, notes=notes)
-    plot_online(runs, cfg.tasks, Path(cfg.out_dir) / "online.png")
+        row = finetune_row(cfg, [run for run, _ in finetune.values()], list(finetune))
+        write_report("online_finetune", [row], cfg.out_dir, notes=(
+            f"DPPO fine-tuning {cfg.init} for {cfg.finetune_iterations} iterations per seed; success of the BC "
+            f"checkpoint and of the fine-tuned policy on the same {cfg.episodes} evaluation episodes per seed"))
+        rows.append(row)
     return rows
 
 
