@@ -75,3 +75,17 @@ def test_bench_online_fine_tunes_a_bc_checkpoint(tmp_path, toy_store):
     assert row["gain_points"] == pytest.approx(100 * (row["success"] - row["bc_success"]))
     for seed in (0, 1):
         assert (out / "online" / "point_reach" / "dppo_finetune" / f"seed{seed}" / "checkpoints").is_dir()
+
+
+def test_curves_count_the_wall_clock_of_every_iteration(tmp_path):
+    from robopol.bench.online import curves
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": 1, "train/iteration_s": 2.0, "train/env_steps": 100},
+               {"step": 2, "train/iteration_s": 3.0, "train/env_steps": 200, "train/episode_return": 7.0},
+               {"step": 3, "train/iteration_s": 4.0, "train/env_steps": 300},
+               {"step": 4, "train/iteration_s": 1.0, "train/env_steps": 400, "train/episode_return": 9.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    steps, seconds, returns = curves(run)
+    assert steps.tolist() == [200, 400] and seconds.tolist() == [5.0, 10.0] and returns.tolist() == [7.0, 9.0]

@@ -169,10 +169,11 @@ def finetune_row(cfg: DictConfig, runs: list[Path], seeds: list[int]) -> dict[st
 
 def curves(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Env steps, cumulative wall-clock (s) and training-episode return of the iterations that logged one."""
-    records = [r for r in read_metrics(run / "metrics.jsonl") if "train/episode_return" in r]
-    steps = np.array([r["train/env_steps"] for r in records])
-    seconds = np.cumsum([r["train/iteration_s"] for r in records])
-    return steps, seconds, np.array([r["train/episode_return"] for r in records])
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "train/iteration_s" in r]
+    seconds = np.cumsum([r["train/iteration_s"] for r in records])  # every iteration, with an episode end or not
+    ended = [i for i, r in enumerate(records) if "train/episode_return" in r]
+    return (np.array([records[i]["train/env_steps"] for i in ended]), seconds[ended],
+            np.array([records[i]["train/episode_return"] for i in ended]))
 
 
 def summarise(runs: dict[tuple[str, str], list[Path]], tasks: list[str]) -> list[dict[str, Any]]:
