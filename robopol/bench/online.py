@@ -9,8 +9,8 @@ std over seeds), the evaluation return of the deterministic policy, the median s
 both against Gaussian PPO: ``return_gap_pct``, the return's difference to PPO's in percent of PPO's
 magnitude, and ``time_vs_ppo``, the ratio of seconds per iteration. The issue's targets read off them:
 PolicyFlow within 10% of PPO's return (``return_gap_pct >= -10``) at at most 1.5 times its wall-clock
-(``time_vs_ppo <= 1.5``). A plot shows
-return against env steps and against wall-clock, mean +- std over seeds.
+(``time_vs_ppo <= 1.5``). A plot shows return against env steps and against wall-clock, mean +- std over
+seeds. Each part writes its own table and JSON: ``online``, ``online_coverage`` and ``online_finetune``.
 
 With ``coverage=true`` every method also trains on ``task=multigoal`` (6 equally good goals around the
 start) and ``coverage_episodes`` episodes of its *stochastic* policy (the rollout sampler) are counted by the
@@ -55,7 +55,7 @@ RECIPES: dict[str, list[str]] = {
 }
 COVERAGE_TASK = "multigoal"
 MODE_SHARE = 0.05
-"""A goal counts as a kept mode when at least this share of the episodes ends there."""
+"""A goal counts as a kept mode when at least this share of the episodes reaches it."""
 
 
 def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
