@@ -291,11 +291,12 @@ def test_realtime_deploy_runs_the_servo_in_its_own_process(cube_checkpoint):
                    check=True)
     assert "episode 0: seed 0, 10 steps" in proc.stdout and "episode 1: seed 1, 10 steps" in proc.stdout
     assert "fault" not in proc.stdout  # nothing of episode 0 leaks into episode 1
-    assert set(glob.glob("/dev/shm/rp_*")) == before  # both shared-memory segments were unlinked
+    # both shared-memory segments were unlinked (other processes' segments may come and go meanwhile)
+    assert not set(glob.glob("/dev/shm/rp_*")) - before
     # a driver that cannot start in the servo process is one line naming the cause, and nothing leaks
     proc = run_cli("deploy", f"ckpt={root / 'run'}", "realtime=true", "robot.faults.drop_rate=2", cwd=root)
     assert proc.returncode == 2 and "servo process: ready failed" in proc.stderr
-    assert set(glob.glob("/dev/shm/rp_*")) == before
+    assert not set(glob.glob("/dev/shm/rp_*")) - before
 
 
 def test_realtime_takeover_longer_than_the_policy_timeout_and_a_second_episode():
