@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from robopol.bench.report import write_report
+from robopol.bench.report import pyplot, save_figure, write_report
 from robopol.checkpoint import load_checkpoint
 from robopol.data.store import EpisodeStore
 from robopol.errors import CheckpointError
@@ -149,11 +149,7 @@ def evaluate_sampler(run: Path, task: DictConfig, sampler: str, steps: int | Non
 
 def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:
     """Success (with its 95% interval) against planning latency, one point per sampler, named in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     markers = {}
     fig, ax = plt.subplots(figsize=(10, 4.8))
     for row in rows:
@@ -168,8 +164,4 @@ def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:
     ax.set_title(f"robopol bench inference: {task}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

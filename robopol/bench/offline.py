@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import DictConfig
 from rich.console import Console
 
-from robopol.bench.report import write_report
+from robopol.bench.report import pyplot, save_figure, write_report
 from robopol.checkpoint import load_checkpoint
 from robopol.errors import CheckpointError, ConfigError
 from robopol.train.run import read_metrics
@@ -185,11 +185,7 @@ def summarise(runs: dict[str, list[Path]]) -> list[dict[str, Any]]:
 
 def plot_offline(runs: dict[str, list[Path]], out: Path, task: str) -> Path:
     """Success rate against gradient steps, mean +- std over seeds, one line per algorithm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for algo, paths in runs.items():
         curves = [success_curve(run) for run in paths]
@@ -205,11 +201,7 @@ def plot_offline(runs: dict[str, list[Path]], out: Path, task: str) -> Path:
     ax.set_title(f"robopol bench offline: {task}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 if __name__ == "__main__":  # one run of a side-by-side bench: python -m robopol.bench.offline RUN OVERRIDES...

@@ -37,7 +37,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from robopol.bench.offline import _checkpoint_step, _train_side_by_side, _trained_to
-from robopol.bench.report import write_report
+from robopol.bench.report import pyplot, save_figure, write_report
 from robopol.errors import ConfigError
 from robopol.train.run import read_metrics
 
@@ -256,11 +256,7 @@ def plot_online(runs: dict[tuple[str, str], list[Path]], tasks: list[str], out: 
     """Training return against env steps (top) and wall-clock (bottom), one column per task."""
     if not tasks:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 7), squeeze=False)
     for col, task in enumerate(tasks):
         for (run_task, method), paths in runs.items():
@@ -281,8 +277,4 @@ def plot_online(runs: dict[tuple[str, str], list[Path]], tasks: list[str], out: 
             ax.set_ylabel("training-episode return")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

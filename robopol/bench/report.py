@@ -46,6 +46,25 @@ def write_report(name: str, rows: Sequence[dict[str, Any]], out_dir: str | Path,
     return path
 
 
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg back end: benchmarks draw their plots headless."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, out: Path) -> Path:
+    """Lay out, write (creating its folder) and close a benchmark's figure; returns ``out``."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    pyplot().close(fig)
+    return out
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 from tqdm.auto import tqdm
 
-from robopol.checkpoint import load_checkpoint, mark_best, save_checkpoint
+from robopol.checkpoint import Checkpoint, load_checkpoint, mark_best, save_checkpoint
 from robopol.data.normalize import Normalizer
 from robopol.envs import BatchedEnv, EnvSpec
 from robopol.errors import ConfigError
@@ -72,9 +72,8 @@ def policy_normalizer(algo: Any, spec: EnvSpec, obs_keys: list[str]) -> Normaliz
     return Normalizer(modes, stats)
 
 
-def init_policy_config(cfg: DictConfig) -> DictConfig:
+def init_policy_config(cfg: DictConfig, ckpt: Checkpoint) -> DictConfig:
     """``init=``: the run's config with the checkpoint's policy config (its weights must fit it)."""
-    ckpt = load_checkpoint(cfg.init)
     if "policy" not in ckpt.config or "obs_keys" not in ckpt.manifest:
         raise ConfigError(f"init={cfg.init}: {ckpt.path} is not a policy checkpoint (no policy config or obs_keys)")
     cfg = cfg.copy()
@@ -83,10 +82,10 @@ def init_policy_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _load_init(cfg: DictConfig, policy: Any, obs_keys: list[str], obs_dim: int, action_dim: int) -> Normalizer:
+def _load_init(cfg: DictConfig, ckpt: Checkpoint, policy: Any, obs_keys: list[str], obs_dim: int,
+               action_dim: int) -> Normalizer:
     """Load the ``init=`` checkpoint's (EMA) weights into ``policy``; returns its normaliser. Errors if the
     checkpoint does not fit the task."""
-    ckpt = load_checkpoint(cfg.init)
     manifest = ckpt.manifest
     got = (list(manifest["obs_keys"]), manifest["obs_dim"], manifest["action_dim"])
     if got != (obs_keys, obs_dim, action_dim):
@@ -195,8 +194,9 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
         raise ConfigError(f"teacher={cfg.teacher} is only used by algo=distill; to fine-tune a policy use init=")
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
-    if cfg.init:
-        cfg = init_policy_config(cfg)
+    init = load_checkpoint(cfg.init) if cfg.init else None
+    if init is not None:
+        cfg = init_policy_config(cfg, init)
     run = RunDir(run_root)
     run.save_config(cfg)
     seed_everything(cfg.seed)
@@ -209,7 +209,7 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
                               f"that ended (reset_done), which rollouts need; use a robopol.sim task")
         if tcfg.eval_episodes:
             eval_env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes), seed=cfg.seed)
-        final_eval, last = _train(cfg, run, env, eval_env, overrides)
+        final_eval, last = _train(cfg, run, env, eval_env, overrides, init)
     finally:
         env.close()
         if eval_env is not None:
@@ -219,8 +219,9 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
 
 
 def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv | None,
-           overrides: list[str] | None) -> tuple[Any, int]:
-    """The body of :func:`train_online` once its envs exist; returns the last evaluation and iteration."""
+           overrides: list[str] | None, init: Checkpoint | None) -> tuple[Any, int]:
+    """The body of :func:`train_online` once its envs exist (``init``: the policy checkpoint to fine-tune);
+    returns the last evaluation and iteration."""
     from robopol.train.trainer import _rng_states, _set_rng_states, build
 
     tcfg = cfg.trainer
@@ -229,7 +230,7 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
     obs_dim = sum(int(np.prod(spec.observation[k].shape)) for k in obs_keys)
     action_dim = int(np.prod(spec.action.shape))
     policy = build(cfg.policy, "policy", obs_dim=obs_dim, action_dim=action_dim)
-    init_normalizer = _load_init(cfg, policy, obs_keys, obs_dim, action_dim) if cfg.init else None
+    init_normalizer = _load_init(cfg, init, policy, obs_keys, obs_dim, action_dim) if init is not None else None
     algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps)
     if init_normalizer is not None:
         algo.fix_obs_normalization(*_flat_affine(init_normalizer, obs_keys))
