@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from robopol import distributed
 from robopol.checkpoint import Checkpoint, load_checkpoint
 from robopol.data.normalize import Normalizer
 from robopol.data.store import EpisodeStore
+from robopol.distributed import Dist
 from robopol.envs import BatchedEnv, EnvSpec, SimulatorEnv
 from robopol.errors import CheckpointError, ConfigError
 from robopol.nets.embeddings import enable_level_cache
@@ -118,6 +121,11 @@ class ChunkActor:
         self._chunks: list[tuple[int, np.ndarray]] = []  # (step the chunk was planned at, raw chunk)
         self._t = 0
         self.reset_warm_start()
+
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling noise of an actor made with ``seed`` (no effect on one using torch's RNG)."""
+        if "generator" in self._sample_kwargs:
+            self._sample_kwargs["generator"].manual_seed(seed)
 
     def reset_warm_start(self) -> None:
         """Make the next RTI call run the full chain again (e.g. after an external correction)."""
@@ -264,6 +272,22 @@ def count_calls(*modules: nn.Module) -> Iterator[list[int]]:
             handle.remove()
 
 
+def actor_stats(actor: ChunkActor) -> dict[str, Any]:
+    """An actor's call counters and latencies, to merge across evaluation processes (:func:`absorb_stats`)."""
+    return {"plans": actor.plans, "nfe": actor.nfe, "steps": actor.steps, "latencies": list(actor.latencies),
+            "chunk_latencies": list(actor.chunk_latencies)}
+
+
+def absorb_stats(actor: ChunkActor, others: Iterable[dict[str, Any]]) -> None:
+    """Add other processes' :func:`actor_stats` to ``actor``'s, so :func:`latency_summary` covers them all."""
+    for stats in others:
+        actor.plans += stats["plans"]
+        actor.nfe += stats["nfe"]
+        actor.steps += stats["steps"]
+        actor.latencies += stats["latencies"]
+        actor.chunk_latencies += stats["chunk_latencies"]
+
+
 def latency_summary(actor: ChunkActor) -> dict[str, float]:
     """NFE per executed action and latency percentiles (ms) of an actor's calls so far: ``latency_ms`` of a
     whole planning call (observations in, raw actions out), ``chunk_ms`` of the policy's sampling inside it."""
@@ -321,18 +345,37 @@ def check_env_matches(env_spec: EnvSpec, trained_on: dict, obs_keys: Sequence[st
         )
 
 
-def evaluate(env: BatchedEnv, actor: ChunkActor, episodes: int, seed: int) -> EvalResult:
+def evaluate(env: BatchedEnv, actor: ChunkActor, episodes: int, seed: int, ranks: Dist | None = None) -> EvalResult:
     """Run ``episodes`` episodes in batches of ``env.num_envs``; an episode ends at success or time-out.
 
     Batch ``b`` resets with seed ``seed + b * num_envs``: simulator envs give env ``i`` the episode seed
-    ``seed + i``, so every episode of the evaluation has its own seed.
+    ``seed + i``, so every episode of the evaluation has its own seed. A seeded actor restarts its sampling
+    noise from the same number, so a batch's outcome does not depend on which batches ran before it. Under
+    torchrun (``ranks``) each rank runs every ``world_size``-th batch and all ranks get the combined result,
+    the same as one process running them all.
     """
-    successes, returns, lengths = [], [], []
-    batch_index = 0
-    while len(successes) < episodes:
-        obs = env.reset(seed=seed + batch_index * env.num_envs)
+    ranks = ranks or Dist()
+    mine = run_eval_batches(env, actor, episodes, seed, range(ranks.rank, eval_batches(episodes, env.num_envs),
+                                                                  ranks.world_size))
+    merged = {b: out for part in distributed.gather_objects(mine) for b, out in part.items()}
+    return summarize_episodes(merged)
+
+
+def eval_batches(episodes: int, num_envs: int) -> int:
+    """How many env batches ``episodes`` episodes take."""
+    return -(-episodes // num_envs)
+
+
+def run_eval_batches(env: BatchedEnv, actor: ChunkActor, episodes: int, seed: int,
+                     batches: Iterable[int]) -> dict[int, dict[str, list]]:
+    """The episodes of evaluation batches ``batches`` (see :func:`evaluate`): batch -> per-episode
+    ``success``, ``return`` and ``length`` lists."""
+    n = env.num_envs
+    out = {}
+    for b in batches:
+        obs = env.reset(seed=seed + b * n)
         actor.reset()
-        n = env.num_envs
+        actor.reseed(seed + b * n)
         done = np.zeros(n, dtype=bool)
         success = np.zeros(n, dtype=bool)
         ret = np.zeros(n)
@@ -345,11 +388,17 @@ def evaluate(env: BatchedEnv, actor: ChunkActor, episodes: int, seed: int) -> Ev
             success |= result.success & live
             done |= result.terminated | result.truncated
             obs = result.obs
-        take = min(n, episodes - len(successes))
-        successes += success[:take].tolist()
-        returns += ret[:take].tolist()
-        lengths += length[:take].tolist()
-        batch_index += 1
+        take = min(n, episodes - b * n)
+        out[b] = {"success": success[:take].tolist(), "return": ret[:take].tolist(), "length": length[:take].tolist()}
+    return out
+
+
+def summarize_episodes(batches: dict[int, dict[str, list]]) -> EvalResult:
+    """One :class:`EvalResult` from :func:`run_eval_batches` outputs, episodes in batch order."""
+    ordered = [batches[b] for b in sorted(batches)]
+    successes = [s for part in ordered for s in part["success"]]
+    returns = [r for part in ordered for r in part["return"]]
+    lengths = [n for part in ordered for n in part["length"]]
     k = int(sum(successes))
     return EvalResult(
         episodes=len(successes),

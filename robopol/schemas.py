@@ -444,6 +444,12 @@ class TrainerConfig:
     """torch CPU threads; 0 keeps torch's default."""
     progress: bool = True
     """Show a progress bar."""
+    precision: str = "fp32"
+    """fp32, or bf16: bfloat16 autocast around each update (weights and optimiser stay fp32; GPUs with bf16)."""
+    compile: bool = False
+    """torch.compile each network in place (pays a compile at the first steps; helps large nets on GPU)."""
+    dist_timeout_s: float = 1800.0
+    """Under torchrun: seconds a rank waits for the others in a collective before the job fails."""
 
 
 @dataclass
@@ -479,6 +485,8 @@ class TrainCommand:
     """Offline-to-online fine-tuning after the offline steps (qc, dqc, ofql)."""
     data: str = ""
     """Episode store path or URL; empty collects expert demonstrations for the task first."""
+    data_cache: str = ""
+    """Folder caching remote stores (``data`` at a non-local fsspec URL) on local disk, refreshed when the store changes; empty reads remotely."""
     demos: int = 100
     """Expert episodes to collect when ``data`` is empty."""
     seed: int = 0
@@ -521,6 +529,8 @@ class EvalCommand:
     """Episodes to run."""
     num_envs: int = 10
     """Environments stepped together."""
+    workers: int = 1
+    """Processes sharing the episodes (each steps num_envs envs); results equal one process's for the same seed."""
     execution: str = "receding"
     """Chunk execution: receding (execute action_steps, replan) or ensemble (ACT temporal ensembling)."""
     ensemble_decay: float = 0.01

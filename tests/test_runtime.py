@@ -74,6 +74,9 @@ def test_evaluate_counts_expert_successes():
         def reset(self):
             pass
 
+        def reseed(self, seed):
+            pass
+
         def act(self, obs):
             return self.expert.act(obs)
 

@@ -13,6 +13,8 @@ import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import nn
 
+from robopol.distributed import sync_gradients
+
 
 class BC:
     def __init__(
@@ -47,6 +49,7 @@ class BC:
         loss, metrics = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sync_gradients(self.policy.parameters())
         if self.grad_clip > 0:
             metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.policy.parameters(), self.grad_clip))
         self.optimizer.step()

@@ -27,6 +27,7 @@ from torch import nn
 from robopol.algos.bc import update_ema
 from robopol.critics import aggregate
 from robopol.critics.nets import CriticEnsemble
+from robopol.distributed import sync_gradients
 from robopol.nets.mlp import MLP
 from robopol.policies.base import check_choice
 
@@ -196,9 +197,10 @@ class OfflineRL:
         optimizer = self.optimizers[key]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        sync_gradients(params)
         norm = 0.0
         if self.grad_clip > 0:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
             norm = float(nn.utils.clip_grad_norm_(params, self.grad_clip))
         optimizer.step()
         return norm

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import importlib.resources
 import inspect
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ CONFIG_MODULE = "robopol.configs"
 # Hydra flags that take a value, and flags that mean "do not run the command".
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--config-path", "-cp", "--config-name",
                 "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+RUN_DIR_COMMANDS = ("train", "demo")
 _NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 
 
@@ -217,6 +219,10 @@ def run_hydra_app(command: str, args: list[str]) -> None:
         print_help(command, overrides)
         return
     overrides = resume_overrides(overrides)
+    if int(os.environ.get("RANK", "0")) > 0 and command in RUN_DIR_COMMANDS:
+        # Under torchrun rank 0 owns the run directory (the trainer hands its path to the other ranks).
+        overrides = [*overrides, "hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
+                     "hydra/hydra_logging=none"]
     runs = not any(f in _NO_RUN_FLAGS for f in flags)
     if runs:
         for combination in expand_sweep(overrides):
@@ -224,9 +230,15 @@ def run_hydra_app(command: str, args: list[str]) -> None:
 
     from robopol.cli.commands import COMMAND_FUNCTIONS
 
+    run_command = COMMAND_FUNCTIONS[command]
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # under torchrun: its failure summary shows the failing rank's error
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        run_command = record(run_command)
+
     def task(cfg: DictConfig) -> None:
         try:
-            COMMAND_FUNCTIONS[command](cfg)
+            run_command(cfg)
         except RobopolError as err:
             print(f"robopol {command}: error: {err}", file=sys.stderr)
             sys.exit(2)

@@ -22,10 +22,15 @@ def not_landed_error(what: str) -> NotLandedError:
 
 
 def train_command(cfg: DictConfig) -> None:
+    from robopol import distributed
     from robopol.train.trainer import train
 
     hydra_cfg = HydraConfig.get()
     result = train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    main = distributed.current().is_main
+    distributed.shutdown()
+    if not main:
+        return
     console.print(f"trained {result.steps} steps in {result.seconds:.1f} s; run directory: {result.run_dir}")
     if result.final_eval is not None:
         _print_eval(result.final_eval.as_dict())
@@ -51,19 +56,42 @@ def demo_command(cfg: DictConfig) -> None:
 
 
 def eval_command(cfg: DictConfig) -> None:
-    from robopol.runtime import check_env_matches, evaluate, latency_summary, load_actor, record_video
-    from robopol.tasks import make_env
+    """Evaluate a checkpoint: in this process, in ``workers`` processes, or over torchrun's ranks (each runs
+    every N-th env batch; the result is the one a single process gets for the same seeds)."""
+    from robopol import distributed
+    from robopol.runtime import (
+        absorb_stats,
+        actor_stats,
+        eval_batches,
+        latency_summary,
+        record_video,
+        run_eval_batches,
+        summarize_episodes,
+    )
 
-    if cfg.episodes < 1 or cfg.num_envs < 1:
-        raise ConfigError(f"episodes and num_envs must be at least 1, got {cfg.episodes} and {cfg.num_envs}")
-    actor, ckpt = load_actor(cfg.ckpt, cfg.device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
-                             sampler=cfg.sampler or None, steps=cfg.inference_steps or None, rti=cfg.rti,
-                             seed=cfg.seed)
-    manifest = ckpt.manifest
-    task = cfg.task if cfg.get("task") is not None else ckpt.config.task
-    env = make_env(task, num_envs=min(cfg.num_envs, cfg.episodes), seed=cfg.seed)
-    check_env_matches(env.spec, manifest["env_spec"], manifest["obs_keys"])
-    result = {**evaluate(env, actor, cfg.episodes, seed=cfg.seed).as_dict(), **latency_summary(actor)}
+    if cfg.episodes < 1 or cfg.num_envs < 1 or cfg.workers < 1:
+        raise ConfigError(f"episodes, num_envs and workers must be at least 1, got {cfg.episodes}, {cfg.num_envs} "
+                          f"and {cfg.workers}")
+    ranks, _ = distributed.setup(cfg.device)
+    if ranks.enabled and cfg.workers > 1:
+        raise ConfigError("under torchrun every rank evaluates its share of the episodes; drop workers=")
+    env, actor, ckpt = _eval_setup(cfg)
+    batches = list(range(eval_batches(cfg.episodes, env.num_envs)))
+    if cfg.workers > 1:
+        parts = _eval_in_workers(cfg, [batches[w::cfg.workers] for w in range(cfg.workers)])
+        others = [stats for _, stats in parts]  # this process ran no episode
+    else:
+        mine = batches[ranks.rank::ranks.world_size]
+        parts = distributed.gather_objects((run_eval_batches(env, actor, cfg.episodes, cfg.seed, mine),
+                                            actor_stats(actor)))
+        others = [stats for _, stats in parts[1:]]
+    distributed.shutdown()
+    if not ranks.is_main:
+        env.close()
+        return
+    absorb_stats(actor, others)
+    episodes = {b: out for part, _ in parts for b, out in part.items()}
+    result = {**summarize_episodes(episodes).as_dict(), **latency_summary(actor)}
     out = Path(cfg.out) if cfg.out else ckpt.path.parent.parent / f"eval_step{ckpt.step}.json"
     videos = [record_video(env, actor, out.parent / "videos" / f"eval_step{ckpt.step}_seed{cfg.seed + i}.mp4",
                            seed=cfg.seed + i) for i in range(cfg.videos)]
@@ -77,6 +105,54 @@ def eval_command(cfg: DictConfig) -> None:
     console.print(f"summary: {out}")
     for video in summary["videos"]:
         console.print(f"video: {video}")
+
+
+def _eval_setup(cfg: DictConfig) -> tuple:
+    """The evaluation's env (checked against the checkpoint), actor and checkpoint."""
+    from robopol.runtime import check_env_matches, load_actor
+    from robopol.tasks import make_env
+
+    actor, ckpt = load_actor(cfg.ckpt, cfg.device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
+                             sampler=cfg.sampler or None, steps=cfg.inference_steps or None, rti=cfg.rti,
+                             seed=cfg.seed)
+    manifest = ckpt.manifest
+    task = cfg.task if cfg.get("task") is not None else ckpt.config.task
+    env = make_env(task, num_envs=min(cfg.num_envs, cfg.episodes), seed=cfg.seed)
+    try:
+        check_env_matches(env.spec, manifest["env_spec"], manifest["obs_keys"])
+    except Exception:
+        env.close()
+        raise
+    return env, actor, ckpt
+
+
+def _eval_in_workers(cfg: DictConfig, shards: list[list[int]]) -> list[tuple[dict, dict]]:
+    """Each worker process evaluates its share of the env batches."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from omegaconf import OmegaConf
+
+    threads = max(1, (os.cpu_count() or 1) // len(shards))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    with ProcessPoolExecutor(len(shards), mp_context=multiprocessing.get_context("forkserver")) as pool:
+        return list(pool.map(_eval_shard, [config] * len(shards), shards, [threads] * len(shards)))
+
+
+def _eval_shard(config: dict, batches: list[int], threads: int) -> tuple[dict, dict]:
+    import torch
+    from omegaconf import OmegaConf
+
+    from robopol.runtime import actor_stats, run_eval_batches
+
+    torch.set_num_threads(threads)
+    cfg = OmegaConf.create(config)
+    env, actor, _ = _eval_setup(cfg)
+    try:
+        return run_eval_batches(env, actor, cfg.episodes, cfg.seed, batches), actor_stats(actor)
+    finally:
+        env.close()
 
 
 def collect_command(cfg: DictConfig) -> None:

@@ -358,9 +358,17 @@ class WindowSampler:
         """Global step index of every anchor, in epoch order before shuffling."""
         return self._anchor
 
-    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
-        """A batch of ``batch_size`` windows drawn uniformly (with replacement) over all anchors."""
-        return self.windows(self._rng.integers(0, self._anchor.size, size=batch_size))
+    def sample(self, batch_size: int, rank: int = 0, world_size: int = 1) -> dict[str, np.ndarray]:
+        """A batch of ``batch_size`` windows drawn uniformly (with replacement) over all anchors.
+
+        Data-parallel ranks (``world_size > 1``) share one seed: each draws the same global batch of
+        ``batch_size * world_size`` anchors and cuts out its own disjoint ``rank``-th slice, so N ranks x
+        batch B see exactly the windows of one process with batch N x B, and the sampler state stays equal
+        on every rank (rank 0's checkpoint resumes all of them)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
+        positions = self._rng.integers(0, self._anchor.size, size=batch_size * world_size)
+        return self.windows(positions[rank * batch_size:(rank + 1) * batch_size])
 
     def windows(self, positions: np.ndarray) -> dict[str, np.ndarray]:
         """The windows at anchor positions ``positions`` (``0 <= p < len(self)``), one batch row each."""

@@ -26,9 +26,10 @@ _NOT_PLOTTED = {"episodes", "success_ci95_low", "success_ci95_high"}
 
 
 class RunDir:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, create: bool = True) -> None:
+        """``create=False`` names the paths without making them (data-parallel ranks other than 0)."""
         self.root = Path(root)
-        for sub in (self.checkpoints, self.plots, self.videos):
+        for sub in (self.checkpoints, self.plots, self.videos) if create else ():
             sub.mkdir(parents=True, exist_ok=True)
 
     @property

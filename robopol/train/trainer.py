@@ -10,6 +10,7 @@ only from their own rollouts (``online = True``) go to :func:`robopol.train.onli
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -24,19 +25,23 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from tqdm.auto import tqdm
 
+from robopol import distributed
 from robopol.checkpoint import Checkpoint, load_checkpoint, mark_best, save_checkpoint
 from robopol.data.normalize import Normalizer
+from robopol.data.remote import cached_store
 from robopol.data.sampler import WindowConfig, WindowSampler, split_episodes
 from robopol.data.store import EpisodeStore
 from robopol.data.validate import check_store
 from robopol.envs import EnvSpec
 from robopol.errors import ConfigError
+from robopol.policies.base import check_choice
 from robopol.runtime import ChunkActor, EvalResult, evaluate, obs_features, record_video
 from robopol.tasks import make_env
 from robopol.train.finetune import ONLINE_STORE, MixedSampler, OnlineReplay, OnlineState, finetune_online
 from robopol.train.run import MetricsLogger, RunDir, plot_metrics
 
 ACTION_KEY = "action"
+PRECISIONS = ("fp32", "bf16")
 RELABELLED_GOAL = "relabelled_goal"
 
 
@@ -104,17 +109,23 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             raise ConfigError(f"trainer.{key} must be at least 1, got {tcfg[key]}")
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
-    device = torch.device(cfg.device)
+    check_choice("trainer.precision", tcfg.precision, PRECISIONS)
+    rank, device = distributed.setup(cfg.device, tcfg.dist_timeout_s)
+    if rank.enabled and cfg.online.steps > 0:
+        raise ConfigError(f"online.steps={cfg.online.steps}: the offline-to-online phase runs in one process; "
+                          "launch it without torchrun")
     teacher_ckpt = load_checkpoint(cfg.teacher) if _check_teacher(cfg, overrides or []) else None
     if teacher_ckpt is not None:
         cfg = student_config(cfg, teacher_ckpt)
-    run = RunDir(run_root)
-    run.save_config(cfg)
+    run = RunDir(distributed.broadcast_object(str(run_root)), create=rank.is_main)
+    if rank.is_main:
+        run.save_config(cfg)
     seed_everything(cfg.seed)
 
     env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes) or 1, seed=cfg.seed)
     obs_keys = sorted(env.spec.observation)
-    data_location = cfg.data or _collect_demos(cfg, run)
+    data_location = cfg.data or _collect_demos(cfg, run, rank.is_main)
+    data_location = cached_store(data_location, cfg.data_cache) if cfg.data_cache else data_location
     store = EpisodeStore.open(data_location)
     check_store(store, required_keys=[*obs_keys, ACTION_KEY])
     arrays = store.load([*obs_keys, ACTION_KEY])
@@ -130,6 +141,11 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
         policy.head.load_state_dict(teacher.state_dict())
     algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps,
                  **({"teacher": teacher} if teacher is not None else {}))
+    distributed.broadcast_modules(algo.modules().values())
+    if rank.rank > 0:  # sampling noise differs per rank; weights and data order do not
+        seed_everything(cfg.seed + 7919 * rank.rank)
+    if tcfg.compile:
+        _compile_networks(algo)
     online = cfg.online.steps > 0
     if online:
         _check_online(cfg, algo)
@@ -172,7 +188,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
         sampler.load_state_dict(state["sampler"])
         if val_sampler is not None:
             val_sampler.load_state_dict(state["val_sampler"])
-        _set_rng_states(state["rng"])
+        _set_rng_states(_rank_rng_state(state, rank, cfg.resume))
         best_success = state["best_success"]
         online_state = OnlineState.from_dict(state.get("online"))
         start = ckpt.step
@@ -180,53 +196,64 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             raise ConfigError(f"resume={cfg.resume} is already at step {start}; raise trainer.steps (or "
                               f"online.steps) above it")
 
-    if overrides is not None:  # only now: a resume that failed to load must not change the record
+    if overrides is not None and rank.is_main:  # only now: a resume that failed to load must not change the record
         run.record_overrides(overrides)
-    logger = MetricsLogger(run, resume_step=start if ckpt is not None else None)
+    logger = MetricsLogger(run, resume_step=start if ckpt is not None else None) if rank.is_main else None
+    log = logger.log if logger is not None else _skip_log
     extra = {"env_spec": env.spec.describe(), "obs_keys": obs_keys, "action_key": ACTION_KEY,
              "obs_dim": obs_dim, "action_dim": action_dim}
 
     def checkpoint(step: int) -> None:
+        rng_ranks = distributed.gather_objects(_rng_states())  # every rank calls this at the same steps
+        if not rank.is_main:
+            return
         save_checkpoint(
             run.checkpoints, step=step, modules=algo.modules(), config=cfg,
             normalizer=(normalizer.spec(), normalizer.state_dict()),
             training_state={"step": step, "algo": algo.state_dict(), "sampler": sampler.state_dict(),
                             "val_sampler": val_sampler.state_dict() if val_sampler is not None else None,
-                            "best_success": best_success, "rng": _rng_states(), "online": online_state.as_dict()},
+                            "best_success": best_success, "rng": rng_ranks[0], "online": online_state.as_dict(),
+                            **({"rng_ranks": rng_ranks} if rank.enabled else {})},
             extra=extra,
         )
 
     last = tcfg.steps if tcfg.stop_after <= 0 else min(tcfg.stop_after, tcfg.steps)
     final_eval = None
     bar = tqdm(total=tcfg.steps + cfg.online.steps, initial=start, desc=f"train {cfg.algo.name}/{pcfg.name}",
-               unit="step", disable=not tcfg.progress, dynamic_ncols=True)
+               unit="step", disable=not (tcfg.progress and rank.is_main), dynamic_ncols=True)
     update_seconds, updates = 0.0, 0  # time spent sampling and updating since the last record
+    precision = _autocast(device, tcfg.precision)
     for step in range(start + 1, last + 1):
         began = time.perf_counter()
-        batch = to_batch(sampler.sample(tcfg.batch_size), obs_keys, normalizer, device, step_keys, goal_key)
-        metrics = algo.update(batch)
+        windows = sampler.sample(tcfg.batch_size, rank.rank, rank.world_size)
+        batch = to_batch(windows, obs_keys, normalizer, device, step_keys, goal_key)
+        with precision:
+            metrics = algo.update(batch)
         update_seconds, updates = update_seconds + time.perf_counter() - began, updates + 1
         bar.update(1)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             metrics["step_ms"] = 1000 * update_seconds / updates
+            metrics = distributed.mean_metrics(metrics)
             update_seconds, updates = 0.0, 0
             if val_sampler is not None:
-                val_batch = to_batch(val_sampler.sample(tcfg.batch_size), obs_keys, normalizer, device, step_keys,
-                                     goal_key)
-                logger.log(step, {"loss": algo.validation_loss(val_batch)}, prefix="val")
-            logger.log(step, metrics)
+                val_batch = to_batch(val_sampler.sample(tcfg.batch_size, rank.rank, rank.world_size), obs_keys,
+                                     normalizer, device, step_keys, goal_key)
+                val_loss = distributed.mean_metrics({"loss": algo.validation_loss(val_batch)})
+                log(step, val_loss, prefix="val")
+            log(step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         evaluate_now = step == tcfg.steps or (tcfg.eval_every > 0 and step % tcfg.eval_every == 0)
         if evaluate_now and tcfg.eval_episodes > 0:
             actor = ChunkActor(algo.eval_policy(), normalizer, obs_keys, ACTION_KEY, device)
-            final_eval = evaluate(env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed)
-            logger.log(step, final_eval.as_dict(), prefix="eval")
-            if tcfg.videos:
+            final_eval = evaluate(env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed, ranks=rank)
+            log(step, final_eval.as_dict(), prefix="eval")
+            if tcfg.videos and rank.is_main:
                 record_video(env, actor, run.videos / f"step_{step:08d}.mp4", seed=10_000 + cfg.seed)
             if final_eval.success_rate > best_success:
                 best_success = final_eval.success_rate
                 checkpoint(step)
-                mark_best(run.checkpoints, step)
+                if rank.is_main:
+                    mark_best(run.checkpoints, step)
                 continue  # this step is saved already
         if step % tcfg.ckpt_every == 0 or step == last:
             checkpoint(step)
@@ -249,9 +276,11 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             obs_keys, device, env, logger.log, online_checkpoint, bar) or final_eval
         last = tcfg.steps + online_state.env_steps
     bar.close()
-    logger.close()
     env.close()
-    plot_metrics(run.metrics, run.plots / "training.png")
+    if logger is not None:
+        logger.close()
+        plot_metrics(run.metrics, run.plots / "training.png")
+    distributed.barrier()  # rank 0's files are complete when any rank returns
     return TrainResult(run.root, last, time.perf_counter() - t0, final_eval)
 
 
@@ -323,15 +352,47 @@ def _check_online(cfg: DictConfig, algo: Any) -> None:
         raise ConfigError(f"online.ratio must be in [0, 1], got {cfg.online.ratio}")
 
 
-def _collect_demos(cfg: DictConfig, run: RunDir) -> str:
-    """``data`` empty: collect ``demos`` expert episodes of the task into the run directory."""
+def _collect_demos(cfg: DictConfig, run: RunDir, main: bool) -> str:
+    """``data`` empty: collect ``demos`` expert episodes of the task into the run directory (rank 0 collects
+    while the other ranks wait)."""
     from robopol.collect import collect_episodes
 
     location = str(run.root / "demos.zarr")
-    if not Path(location).exists():
+    if main and not Path(location).exists():
         collect_episodes(cfg.task, location, episodes=cfg.demos, seed=cfg.seed, progress=cfg.trainer.progress,
                          num_workers=2)
+    distributed.barrier()
     return location
+
+
+def _skip_log(step: int, metrics: dict[str, float], prefix: str = "train") -> None:
+    """Ranks other than 0 log nothing."""
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    """``trainer.precision=bf16``: bfloat16 autocast around each update (weights and optimiser stay fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _compile_networks(algo: Any) -> None:
+    """``trainer.compile``: ``torch.compile`` each network in place (state-dict keys unchanged): a policy's
+    backbone (``.net``), and critics, which are called directly."""
+    for module in algo.modules().values():
+        network = getattr(module, "net", module)
+        if type(network).forward is not nn.Module.forward:
+            network.compile()
+
+
+def _rank_rng_state(state: dict[str, Any], rank: distributed.Dist, resume: str) -> dict[str, Any]:
+    """This rank's RNG state from a checkpoint, which must come from a job of the same size."""
+    saved = len(state.get("rng_ranks", [None]))
+    if saved != rank.world_size:
+        raise ConfigError(f"resume={resume} was trained by {saved} process(es) and this job has {rank.world_size}; "
+                          f"launch it with torchrun --nproc_per_node={saved} (sampler shards and RNG streams are per "
+                          f"process), or start a new run from its weights")
+    return state["rng_ranks"][rank.rank] if rank.enabled else state["rng"]
 
 
 def _load_rewards(store: EpisodeStore, location: str, algo: Any) -> dict[str, np.ndarray]:
