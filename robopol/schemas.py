@@ -578,9 +578,9 @@ class DataCommand:
     """``robopol data ACTION PATH...``: inspect, validate, convert and replay episode stores."""
 
     action: str = MISSING
-    """One of: validate, info, convert, replay."""
+    """One of: validate, info, convert, replay, merge."""
     paths: list[str] = field(default_factory=list)
-    """Store paths or URLs the action works on (convert: SOURCE DESTINATION)."""
+    """Store paths or URLs the action works on (convert: SOURCE DESTINATION; merge: SHARD... DESTINATION, globs allowed)."""
     task: Any = None
     """Task whose simulator replays the episodes (replay only)."""
     plot: bool = False
@@ -590,7 +590,7 @@ class DataCommand:
     format: str = ""
     """Source format for convert (ogbench, robomimic, lerobot, minari, zarr); empty guesses it from the path."""
     overwrite: bool = False
-    """convert: replace an existing destination store."""
+    """convert, merge: replace an existing destination store."""
     episodes: list[int] = field(default_factory=list)
     """replay: episode indices to replay; empty replays all."""
 

@@ -13,6 +13,7 @@ import torch
 
 from robopol import distributed
 from robopol.algos.bc import BC
+from robopol.algos.ppo import PPO
 
 
 def weight_fingerprint(module: torch.nn.Module) -> list[float]:
@@ -49,3 +50,16 @@ class CrashingBC(BC):
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"injected failure in rank {rank} at step {step}")
         return super().update(batch)
+
+
+class ReportingPPO(PPO):
+    """PPO that writes each rank's weights, observation statistics and learning rate after every iteration."""
+
+    def update(self, rollout):
+        metrics = super().update(rollout)
+        folder = os.environ.get("ROBOPOL_TEST_REPORT")
+        if folder:
+            report = {"policy": weight_fingerprint(self.policy), "critic": weight_fingerprint(self.critic),
+                      "obs_mean": self.obs_rms.mean.tolist(), "obs_count": float(self.obs_rms.count), "lr": self.lr}
+            Path(folder, f"rank{distributed.current().rank}.json").write_text(json.dumps(report))
+        return metrics

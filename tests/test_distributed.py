@@ -132,3 +132,42 @@ def test_an_exception_in_rank_1_ends_both_ranks_and_shows_the_error(tmp_path, to
     # torchrun's summary names rank 1 as the root cause, with its error.
     assert re.search(r"Root Cause.*rank\s*: 1 .*RuntimeError: injected failure in rank 1 at step 3", output, re.S)
     assert not (tmp_path / "run" / "checkpoints" / "step_00000200").exists()
+
+
+def test_evaluation_in_workers_or_over_ranks_equals_the_serial_one(tmp_path, toy_store):
+    from robopol.cli.app import compose
+    from robopol.train.trainer import train
+
+    cfg = compose("train", [f"data={toy_store}", "policy=flow_mlp", "policy.hidden_dims=[32,32]", "trainer.steps=30",
+                            "trainer.batch_size=32", "trainer.eval_episodes=0", "trainer.progress=false"])
+    train(cfg, tmp_path / "run")
+    common = [f"ckpt={tmp_path / 'run'}", "episodes=7", "num_envs=2", "videos=0", "seed=5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    results = {}
+    for name, launcher, extra in [("serial", [], []), ("workers", [], ["workers=3"]),
+                                  ("ranks", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], [])]:
+        out = tmp_path / f"{name}.json"
+        proc = subprocess.run([sys.executable, *launcher, "-m", "robopol", "eval", *common, *extra, f"out={out}"],
+                              env=env, capture_output=True, text=True, timeout=180)
+        check(proc)
+        results[name] = json.loads(out.read_text())
+    keys = ("episodes", "success_rate", "mean_return", "mean_length", "plans")
+    for name in ("workers", "ranks"):
+        assert {k: results[name][k] for k in keys} == {k: results["serial"][k] for k in keys}, name
+    assert results["serial"]["episodes"] == 7
+    proc = subprocess.run([sys.executable, "-m", "robopol", "eval", *common, "workers=0"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "workers must be at least 1" in proc.stderr
+
+
+def test_ppo_on_two_ranks_keeps_every_rank_equal_and_counts_both_ranks_env_steps(tmp_path):
+    (tmp_path / "ranks").mkdir()
+    proc = launch(2, ["algo=ppo", "policy=gaussian", "algo.num_envs=4", "algo.rollout_steps=16", "trainer.steps=3",
+                      "trainer.log_every=1", "trainer.eval_episodes=2", "trainer.progress=false", "trainer.videos=false",
+                      "algo._target_=dist_helpers.ReportingPPO", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
+                  env={"ROBOPOL_TEST_REPORT": str(tmp_path / "ranks")})
+    check(proc)
+    records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert [r["train/env_steps"] for r in records] == [128, 256, 384]  # 2 ranks x 4 envs x 16 steps per iteration
+    reports = [json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
+    assert reports[0] == reports[1]  # weights, running statistics and learning rate

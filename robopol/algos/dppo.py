@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from robopol.algos.ppo import PPO, clipped_surrogate_loss
+from robopol.distributed import sync_gradients
 from robopol.errors import ConfigError
 from robopol.policies.base import check_choice
 from robopol.policies.consistency import ConsistencyPolicy
@@ -204,6 +205,7 @@ class DPPO(PPO):
                                        self.ft_steps)
                 self.student_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                sync_gradients(self.student.parameters())
                 self.student_optimizer.step()
                 total, count = total + loss.item(), count + 1
         return {"student_mse": total / count}

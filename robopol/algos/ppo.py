@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from robopol import distributed
+from robopol.distributed import sync_gradients
 from robopol.errors import DivergedError
 from robopol.policies.base import check_choice
 from robopol.policies.gaussian import GaussianPolicy, tanh_mlp
@@ -98,9 +100,15 @@ class RunningMeanStd(nn.Module):
 
     @torch.no_grad()
     def update(self, batch: torch.Tensor) -> None:
+        """Fold in a batch; under torchrun, the batches of every rank (so all ranks keep equal statistics)."""
         batch = batch.to(torch.float64)
-        n = batch.shape[0]
-        mean, var = batch.mean(0), batch.var(0, unbiased=False)
+        n, mean, var = batch.shape[0], batch.mean(0), batch.var(0, unbiased=False)
+        if distributed.current().enabled:
+            sums = distributed.all_reduce_sum(torch.stack([torch.full_like(mean, n), batch.sum(0),
+                                                           batch.pow(2).sum(0)]))
+            n = sums[0].flatten()[0]
+            mean = sums[1] / n
+            var = (sums[2] / n - mean.pow(2)).clamp_min(0.0)
         total = self.count + n
         delta = mean - self.mean
         self.var.copy_((self.var * self.count + var * n + delta.pow(2) * self.count * n / total) / total)
@@ -270,10 +278,11 @@ class PPO:
                 f"regulariser weights, or clip gradients (algo.max_grad_norm)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sync_gradients([*self.policy.parameters(), *self.critic.parameters()])
         if self.max_grad_norm > 0:
             nn.utils.clip_grad_norm_([*self.policy.parameters(), *self.critic.parameters()], self.max_grad_norm)
         self.optimizer.step()
-        kl = self.policy_kl(batch, stats["approx_kl"])
+        kl = distributed.mean_metrics({"kl": self.policy_kl(batch, stats["approx_kl"])})["kl"]  # one lr on all ranks
         if self.lr_schedule == "adaptive" and math.isfinite(kl):
             self.lr = adapt_lr(self.lr, kl, self.desired_kl)
         return {"loss": loss.item(), "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),

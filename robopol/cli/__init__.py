@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "fit a policy on an episode store (imitation now; offline/online RL as they land)",
     "eval": "roll a checkpoint out in simulation and report success with a 95% CI",
     "collect": "run a scripted expert and write episodes into an episode store",
-    "data": "validate | info | convert episode stores",
+    "data": "validate | info | convert | replay | merge episode stores",
     "bench": "measure speed (data, ...); prints a table and writes JSON",
     "deploy": "run a checkpoint on a robot through the real-time control loop",
     "demo": "collect demonstrations, train, evaluate and report in one go",

@@ -177,7 +177,8 @@ def collect_command(cfg: DictConfig) -> None:
 
 
 def data_command(cfg: DictConfig) -> None:
-    actions = {"validate": _data_validate, "info": _data_info, "convert": _data_convert, "replay": _data_replay}
+    actions = {"validate": _data_validate, "info": _data_info, "convert": _data_convert, "replay": _data_replay,
+               "merge": _data_merge}
     if cfg.action not in actions:
         raise ConfigError(f"unknown data action '{cfg.action}'; choose one of {', '.join(actions)}")
     if not cfg.paths:
@@ -226,6 +227,17 @@ def _data_convert(cfg: DictConfig) -> None:
     store = convert(src, dst, fmt=cfg.format or None, overwrite=cfg.overwrite)
     console.print(f"converted {src} -> {dst}: {len(store)} episodes, {store.n_steps} steps, "
                   f"keys {', '.join(store.keys())}")
+
+
+def _data_merge(cfg: DictConfig) -> None:
+    from robopol.data.remote import expand_locations, merge_stores
+
+    if len(cfg.paths) < 2:
+        raise ConfigError(f"robopol data merge takes SHARD... DESTINATION (shards may be glob patterns), got "
+                          f"{len(cfg.paths)} path(s)")
+    sources = expand_locations(cfg.paths[:-1])
+    store = merge_stores(sources, cfg.paths[-1], overwrite=cfg.overwrite)
+    console.print(f"merged {len(sources)} store(s) -> {cfg.paths[-1]}: {len(store)} episodes, {store.n_steps} steps")
 
 
 def _data_replay(cfg: DictConfig) -> None:

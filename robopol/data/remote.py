@@ -42,11 +42,11 @@ def expand_locations(patterns: Sequence[str]) -> list[str]:
         if not any(c in pattern for c in "*?["):
             out.append(pattern)
             continue
-        fs, _, paths = fsspec.get_fs_token_paths(pattern)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        matches = sorted(p if is_local(pattern) else fs.unstrip_protocol(p) for p in paths)
-        if protocol == "file" and pattern.startswith("file://"):
-            matches = [f"file://{p}" for p in matches]
+        fs, path = fsspec.core.url_to_fs(pattern)
+        matches = sorted(fs.glob(path))
+        if "://" in pattern:  # keep the user's scheme (fsspec strips it)
+            scheme = pattern.split("://", 1)[0]
+            matches = [f"{scheme}://{m}" for m in matches]
         if not matches:
             raise StoreError(f"no store matches {pattern}")
         out += matches

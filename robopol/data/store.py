@@ -146,7 +146,9 @@ def _make_store(location: Any, *, read_only: bool) -> _Location:
         scheme = location.split("://", 1)[0].lower()
         if scheme != "file":
             try:
-                store = zarr.storage.FsspecStore.from_url(location, read_only=read_only)
+                # fsspec's own local filesystem (local://) makes no parent folders unless asked to.
+                options = {"auto_mkdir": True} if scheme == "local" else None
+                store = zarr.storage.FsspecStore.from_url(location, read_only=read_only, storage_options=options)
             except ImportError as exc:
                 raise StoreError(
                     f"{location}: the fsspec backend for '{scheme}://' is not installed ({exc}); "

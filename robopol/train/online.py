@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 from tqdm.auto import tqdm
 
+from robopol import distributed
 from robopol.checkpoint import Checkpoint, load_checkpoint, mark_best, save_checkpoint
 from robopol.data.normalize import Normalizer
 from robopol.envs import BatchedEnv, EnvSpec
@@ -35,6 +36,8 @@ from robopol.train.run import MetricsLogger, RunDir, plot_metrics
 ACTION_KEY = "action"
 RESUME_SEED_STRIDE = 1_000_003
 """A resumed run resets its envs with ``seed + iteration * RESUME_SEED_STRIDE`` so episodes are not replayed."""
+RANK_SEED_STRIDE = 100_003
+"""Under torchrun, rank r's envs start from ``seed + r * RANK_SEED_STRIDE``."""
 
 
 def flat_obs(obs: dict[str, np.ndarray], keys: list[str]) -> torch.Tensor:
@@ -135,6 +138,16 @@ class EpisodeTracker:
                 "episodes": float(len(returns))}
 
 
+def merge_episode_stats(parts: list[dict[str, float]]) -> dict[str, float]:
+    """:meth:`EpisodeTracker.drain` outputs of several ranks as one, weighted by their episode counts."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    total = sum(p["episodes"] for p in parts)
+    return {"episode_return": sum(p["episode_return"] * p["episodes"] for p in parts) / total,
+            "episode_length": sum(p["episode_length"] * p["episodes"] for p in parts) / total, "episodes": total}
+
+
 def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_keys: list[str],
                     normalizer: Normalizer, tracker: EpisodeTracker
                     ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
@@ -194,14 +207,16 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
         raise ConfigError(f"teacher={cfg.teacher} is only used by algo=distill; to fine-tune a policy use init=")
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
+    rank, _ = distributed.setup(cfg.device, tcfg.dist_timeout_s)
     init = load_checkpoint(cfg.init) if cfg.init else None
     if init is not None:
         cfg = init_policy_config(cfg, init)
-    run = RunDir(run_root)
-    run.save_config(cfg)
+    run = RunDir(distributed.broadcast_object(str(run_root)), create=rank.is_main)
+    if rank.is_main:
+        run.save_config(cfg)
     seed_everything(cfg.seed)
 
-    env = make_env(cfg.task, num_envs=cfg.algo.num_envs, seed=cfg.seed)
+    env = make_env(cfg.task, num_envs=cfg.algo.num_envs, seed=cfg.seed + rank.rank * RANK_SEED_STRIDE)
     eval_env = None
     try:  # the envs (worker processes, for most tasks) close whatever happens
         if not hasattr(env, "reset_done"):
@@ -209,20 +224,29 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
                               f"that ended (reset_done), which rollouts need; use a robopol.sim task")
         if tcfg.eval_episodes:
             eval_env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes), seed=cfg.seed)
-        final_eval, last = _train(cfg, run, env, eval_env, overrides, init)
+        final_eval, last = _train(cfg, run, env, eval_env, overrides, init, rank)
     finally:
         env.close()
         if eval_env is not None:
             eval_env.close()
-    plot_metrics(run.metrics, run.plots / "training.png")
+    if rank.is_main:
+        plot_metrics(run.metrics, run.plots / "training.png")
+    distributed.barrier()
     return TrainResult(run.root, last, time.perf_counter() - t0, final_eval)
 
 
 def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv | None,
-           overrides: list[str] | None, init: Checkpoint | None) -> tuple[Any, int]:
+           overrides: list[str] | None, init: Checkpoint | None, rank: distributed.Dist) -> tuple[Any, int]:
     """The body of :func:`train_online` once its envs exist (``init``: the policy checkpoint to fine-tune);
-    returns the last evaluation and iteration."""
-    from robopol.train.trainer import _rng_states, _set_rng_states, build
+    returns the last evaluation and iteration. Under torchrun every rank collects its own rollouts."""
+    from robopol.train.trainer import (
+        _rank_rng_state,
+        _rng_states,
+        _set_rng_states,
+        _skip_log,
+        build,
+        seed_everything,
+    )
 
     tcfg = cfg.trainer
     spec = env.spec
@@ -234,6 +258,9 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
     algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps)
     if init_normalizer is not None:
         algo.fix_obs_normalization(*_flat_affine(init_normalizer, obs_keys))
+    distributed.broadcast_modules(algo.modules().values())
+    if rank.rank > 0:  # each rank samples its own actions and minibatches
+        seed_everything(cfg.seed + 7919 * rank.rank)
 
     def runtime_normalizer() -> Normalizer:
         """What deployment normalises with: the fine-tuned policy's own, else the running statistics."""
@@ -245,31 +272,35 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
         ckpt.load_modules(algo.modules())
         state = ckpt.training_state()
         algo.load_state_dict(state["algo"])
-        _set_rng_states(state["rng"])
+        _set_rng_states(_rank_rng_state(state, rank, cfg.resume))
         best_return, start = state["best_return"], ckpt.step
         if start >= tcfg.steps:
             raise ConfigError(f"resume={cfg.resume} is already at iteration {start}; raise trainer.steps above it")
-    if overrides is not None:
+    if overrides is not None and rank.is_main:
         run.record_overrides(overrides)
-    logger = MetricsLogger(run, resume_step=start if cfg.resume else None)
+    logger = MetricsLogger(run, resume_step=start if cfg.resume else None) if rank.is_main else None
+    log = logger.log if logger is not None else _skip_log
     extra = {"env_spec": spec.describe(), "obs_keys": obs_keys, "action_key": ACTION_KEY, "obs_dim": obs_dim,
              "action_dim": action_dim}
 
     def checkpoint(iteration: int) -> None:
+        rng_ranks = distributed.gather_objects(_rng_states())
+        if not rank.is_main:
+            return
         normalizer = runtime_normalizer()
         save_checkpoint(run.checkpoints, step=iteration, modules=algo.modules(), config=cfg,
                         normalizer=(normalizer.spec(), normalizer.state_dict()),
                         training_state={"step": iteration, "algo": algo.state_dict(), "best_return": best_return,
-                                        "rng": _rng_states()},
+                                        "rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if rank.enabled else {})},
                         extra=extra)
 
-    obs = env.reset(seed=cfg.seed + start * RESUME_SEED_STRIDE)
+    obs = env.reset(seed=cfg.seed + rank.rank * RANK_SEED_STRIDE + start * RESUME_SEED_STRIDE)
     tracker = EpisodeTracker(env.num_envs)
-    transitions = algo.num_envs * algo.rollout_steps
+    transitions = algo.num_envs * algo.rollout_steps * rank.world_size  # env steps of all ranks together
     last = tcfg.steps if tcfg.stop_after <= 0 else min(tcfg.stop_after, tcfg.steps)
     final_eval = None
     bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {cfg.algo.name} on {cfg.task.name}", unit="iter",
-               disable=not tcfg.progress, dynamic_ncols=True)
+               disable=not (tcfg.progress and rank.is_main), dynamic_ncols=True)
     for iteration in range(start + 1, last + 1):
         began = time.perf_counter()
         rollout, obs = collect_rollout(env, algo, obs, obs_keys, runtime_normalizer(), tracker)
@@ -277,27 +308,30 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
         metrics = algo.update(rollout)
         bar.update(1)
         if iteration % tcfg.log_every == 0 or iteration == last:
-            episodes = tracker.drain()  # the episodes that ended since the last record
+            episodes = merge_episode_stats(distributed.gather_objects(tracker.drain()))  # ended since the last record
+            metrics = distributed.mean_metrics({**metrics, "iteration_s": time.perf_counter() - began,
+                                                "rollout_s": rollout_seconds})
             metrics.update(episodes, env_steps=iteration * transitions,
-                           env_steps_per_s=transitions / rollout_seconds,
-                           iteration_s=time.perf_counter() - began)
-            logger.log(iteration, metrics)
+                           env_steps_per_s=transitions / metrics.pop("rollout_s"))
+            log(iteration, metrics)
             if episodes:
                 bar.set_postfix(ret=f"{episodes['episode_return']:.1f}")
         if tcfg.eval_episodes > 0 and (iteration == tcfg.steps or
                                        (tcfg.eval_every > 0 and iteration % tcfg.eval_every == 0)):
             actor = ChunkActor(algo.eval_policy(), runtime_normalizer(), obs_keys, ACTION_KEY)
-            final_eval = evaluate(eval_env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed)
-            logger.log(iteration, {**final_eval.as_dict(), "env_steps": iteration * transitions}, prefix="eval")
-            if tcfg.videos:
+            final_eval = evaluate(eval_env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed, ranks=rank)
+            log(iteration, {**final_eval.as_dict(), "env_steps": iteration * transitions}, prefix="eval")
+            if tcfg.videos and rank.is_main:
                 record_video(eval_env, actor, run.videos / f"iter_{iteration:06d}.mp4", seed=10_000 + cfg.seed)
             if final_eval.mean_return > best_return:
                 best_return = final_eval.mean_return
                 checkpoint(iteration)
-                mark_best(run.checkpoints, iteration)
+                if rank.is_main:
+                    mark_best(run.checkpoints, iteration)
                 continue
         if iteration % tcfg.ckpt_every == 0 or iteration == last:
             checkpoint(iteration)
     bar.close()
-    logger.close()
+    if logger is not None:
+        logger.close()
     return final_eval, last
