@@ -34,10 +34,6 @@ class DivergedError(RobopolError, FloatingPointError):
     """Training produced a non-finite loss; the message names the algorithm, the iteration and what to lower."""
 
 
-class NotLandedError(RobopolError):
-    """A capability that robopol plans but has not implemented yet."""
-
-
 def require_extra(module: str, extra: str, purpose: str) -> ModuleType:
     """Import ``module`` or raise an error that names the pip extra that provides it."""
     try:

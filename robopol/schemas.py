@@ -600,15 +600,15 @@ class BenchCommand:
     """``robopol bench SUITE``: measure speed, print a table, write JSON."""
 
     suite: str = MISSING
-    """What to benchmark: data, sim, policy, inference, offline, online or control."""
+    """What to benchmark: data, sim, policy, inference, offline, online, control or scale."""
     out_dir: str = "runs/bench"
     """Where the JSON results go."""
     quick: bool = False
     """Smaller sizes, for a smoke run."""
     task: Any = None
-    """inference, offline: the task to train and evaluate on (inference default: cube_single_task1)."""
+    """inference, offline: the task to train and evaluate on (inference default: cube_single_task1); scale: the task of its demonstrations (default point_reach)."""
     demos: int = 200
-    """inference: expert demonstrations to train on."""
+    """inference, scale: expert demonstrations to train on."""
     latency_threads: int = 1
     """inference: torch CPU threads while latency is measured (deploy's policy_threads default; 0 keeps torch's)."""
     train_steps: int = 15000
@@ -616,7 +616,7 @@ class BenchCommand:
     episodes: int = 100
     """inference: evaluation episodes per sampler; offline: per evaluation; online: at the end of each run."""
     data: str = ""
-    """offline: the episode store (with rewards) every algorithm trains on."""
+    """offline: the episode store (with rewards) every algorithm trains on; scale: a store to train on instead of collected demonstrations."""
     algos: list[str] = field(default_factory=lambda: ["bc", "qc", "dqc", "ofql"])
     """offline: algorithms to run (bc, qc, qc_fql, dqc, ofql, iql, aloe); bc is the baseline."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -642,11 +642,17 @@ class BenchCommand:
     dqc_horizon: int = 25
     """offline: DQC's critic chunk h (its policy chunk is horizon)."""
     batch_size: int = 256
-    """offline: windows per gradient step."""
+    """offline: windows per gradient step; scale: windows per step of each process."""
     device: str = "cpu"
-    """offline: torch device of training and evaluation."""
+    """offline, scale: torch device of training (and evaluation)."""
     extra: list[str] = field(default_factory=list)
-    """offline, online: further train overrides for every run (e.g. paper-scale network widths)."""
+    """offline, online, scale: further train overrides for every run (e.g. paper-scale network widths)."""
+    procs: list[int] = field(default_factory=lambda: [1, 2])
+    """scale: process counts to launch with torchrun (one GPU each on device=cuda)."""
+    train_policy: str = "diffusion"
+    """scale: the policy config it trains (the train command's policy=...)."""
+    steps: int = 50
+    """scale: gradient steps per process count (the first fifth is warm-up)."""
     jobs: int = 1
     """offline, online: runs trained side by side in worker processes (one torch thread each); 1 trains them here, in turn."""
     seconds: float = 60.0

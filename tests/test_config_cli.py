@@ -127,14 +127,13 @@ def test_cli_help_lists_groups_options_and_field_docs(tmp_path):
     assert "trainer.batch_size = 256    # Windows per gradient step." in help_text
 
 
-def test_cli_unknown_subcommand_and_unlanded_capability(tmp_path):
+def test_cli_unknown_subcommand_and_bad_bench_and_deploy_input(tmp_path):
     proc = run_cli("fly", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown subcommand 'fly'" in proc.stderr
-    proc = run_cli("bench", "scale", cwd=tmp_path)
+    proc = run_cli("bench", "scale", "procs=[0]", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "robopol bench: error: robopol bench scale has not landed yet; see the open issues "
-        "(`robopol --help` lists what works)"
+        "robopol bench: error: procs must list process counts of at least 1, got [0]"
     ]
     assert proc.stdout == ""
     proc = run_cli("deploy", cwd=tmp_path)

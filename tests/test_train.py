@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -107,3 +108,33 @@ def test_multirun_sweep_makes_one_run_per_value(tmp_path, toy_store):
     for run in runs:
         assert (tmp_path / "sweep" / run / "checkpoints" / "latest").is_file()
     assert proc.stdout.count("trained 3 steps") == 2
+
+
+def test_bf16_autocast_trains_and_a_bad_precision_is_refused(tmp_path, toy_store):
+    from robopol.cli.app import compose
+    from robopol.train.trainer import train
+
+    cfg = compose("train", [f"data={toy_store}", "policy=mlp", "policy.hidden_dims=[32,32]", "policy.horizon=1",
+                            "policy.action_steps=1", "algo.lr=1e-2", "algo.warmup_steps=5",
+                            "trainer.precision=bf16", "trainer.steps=60", "trainer.batch_size=32",
+                            "trainer.log_every=10", "trainer.eval_episodes=0", "trainer.progress=false"])
+    train(cfg, tmp_path / "run")
+    losses = [r["train/loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
+    proc = run_cli("train", f"data={toy_store}", "trainer.precision=fp8", f"hydra.run.dir={tmp_path / 'bad'}",
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and "trainer.precision must be one of fp32, bf16, got 'fp8'" in proc.stderr
+
+
+def test_compiled_networks_keep_their_checkpoint_keys(toy_store):
+    from robopol.algos.bc import BC
+    from robopol.policies.flow import FlowPolicy
+    from robopol.train.trainer import _compile_networks
+
+    policy = FlowPolicy(obs_dim=4, action_dim=2, obs_steps=1, horizon=4, action_steps=2, backbone="mlp",
+                        hidden_dims=(16,))
+    algo = BC(policy, total_steps=10, ema_decay=0.9)
+    keys = {name: list(module.state_dict()) for name, module in algo.modules().items()}
+    _compile_networks(algo)
+    assert {name: list(module.state_dict()) for name, module in algo.modules().items()} == keys
+    assert all(module.net._compiled_call_impl is not None for module in algo.modules().values())

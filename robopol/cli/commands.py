@@ -12,13 +12,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from robopol.errors import ConfigError, NotLandedError
+from robopol.errors import ConfigError
 
 console = Console(soft_wrap=True)  # long paths stay on one line, copy-pasteable
-
-
-def not_landed_error(what: str) -> NotLandedError:
-    return NotLandedError(f"{what} has not landed yet; see the open issues (`robopol --help` lists what works)")
 
 
 def train_command(cfg: DictConfig) -> None:
@@ -72,10 +68,10 @@ def eval_command(cfg: DictConfig) -> None:
     if cfg.episodes < 1 or cfg.num_envs < 1 or cfg.workers < 1:
         raise ConfigError(f"episodes, num_envs and workers must be at least 1, got {cfg.episodes}, {cfg.num_envs} "
                           f"and {cfg.workers}")
-    ranks, _ = distributed.setup(cfg.device)
+    ranks, device = distributed.setup(cfg.device)
     if ranks.enabled and cfg.workers > 1:
         raise ConfigError("under torchrun every rank evaluates its share of the episodes; drop workers=")
-    env, actor, ckpt = _eval_setup(cfg)
+    env, actor, ckpt = _eval_setup(cfg, str(device))
     batches = list(range(eval_batches(cfg.episodes, env.num_envs)))
     if cfg.workers > 1:
         parts = _eval_in_workers(cfg, [batches[w::cfg.workers] for w in range(cfg.workers)])
@@ -107,12 +103,12 @@ def eval_command(cfg: DictConfig) -> None:
         console.print(f"video: {video}")
 
 
-def _eval_setup(cfg: DictConfig) -> tuple:
-    """The evaluation's env (checked against the checkpoint), actor and checkpoint."""
+def _eval_setup(cfg: DictConfig, device: str) -> tuple:
+    """The evaluation's env (checked against the checkpoint), actor on ``device`` and checkpoint."""
     from robopol.runtime import check_env_matches, load_actor
     from robopol.tasks import make_env
 
-    actor, ckpt = load_actor(cfg.ckpt, cfg.device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
+    actor, ckpt = load_actor(cfg.ckpt, device, execution=cfg.execution, ensemble_decay=cfg.ensemble_decay,
                              sampler=cfg.sampler or None, steps=cfg.inference_steps or None, rti=cfg.rti,
                              seed=cfg.seed)
     manifest = ckpt.manifest
@@ -148,7 +144,7 @@ def _eval_shard(config: dict, batches: list[int], threads: int) -> tuple[dict, d
 
     torch.set_num_threads(threads)
     cfg = OmegaConf.create(config)
-    env, actor, _ = _eval_setup(cfg)
+    env, actor, _ = _eval_setup(cfg, cfg.device)
     try:
         return run_eval_batches(env, actor, cfg.episodes, cfg.seed, batches), actor_stats(actor)
     finally:
@@ -271,11 +267,8 @@ def _data_replay(cfg: DictConfig) -> None:
 def bench_command(cfg: DictConfig) -> None:
     suites: dict[str, Callable[[DictConfig], object]] = {
         "data": _bench_data, "sim": _bench_sim, "policy": _bench_policy, "inference": _bench_inference,
-        "offline": _bench_offline, "control": _bench_control, "online": _bench_online,
+        "offline": _bench_offline, "control": _bench_control, "online": _bench_online, "scale": _bench_scale,
     }
-    planned = ("sim", "policy", "inference", "offline", "control", "online", "scale")
-    if cfg.suite in planned and cfg.suite not in suites:
-        raise not_landed_error(f"robopol bench {cfg.suite}")
     if cfg.suite not in suites:
         raise ConfigError(f"unknown benchmark suite '{cfg.suite}'; available: {', '.join(suites)}")
     suites[cfg.suite](cfg)
@@ -316,6 +309,12 @@ def _bench_online(cfg: DictConfig) -> None:
     from robopol.bench.online import bench_online
 
     bench_online(cfg)
+
+
+def _bench_scale(cfg: DictConfig) -> None:
+    from robopol.bench.scale import bench_scale
+
+    bench_scale(cfg)
 
 
 def _bench_inference(cfg: DictConfig) -> None:

@@ -34,7 +34,6 @@ from robopol.data.store import EpisodeStore
 from robopol.data.validate import check_store
 from robopol.envs import EnvSpec
 from robopol.errors import ConfigError
-from robopol.policies.base import check_choice
 from robopol.runtime import ChunkActor, EvalResult, evaluate, obs_features, record_video
 from robopol.tasks import make_env
 from robopol.train.finetune import ONLINE_STORE, MixedSampler, OnlineReplay, OnlineState, finetune_online
@@ -109,7 +108,8 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             raise ConfigError(f"trainer.{key} must be at least 1, got {tcfg[key]}")
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
-    check_choice("trainer.precision", tcfg.precision, PRECISIONS)
+    if tcfg.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got '{tcfg.precision}'")
     rank, device = distributed.setup(cfg.device, tcfg.dist_timeout_s)
     if rank.enabled and cfg.online.steps > 0:
         raise ConfigError(f"online.steps={cfg.online.steps}: the offline-to-online phase runs in one process; "
