@@ -96,7 +96,8 @@ def test_bc_on_two_ranks_matches_one_process_with_twice_the_batch_and_only_rank_
 
 
 def test_iql_critic_losses_on_two_ranks_match_one_process_with_twice_the_batch(tmp_path, toy_store):
-    args = [f"data={toy_store}", "algo=iql", "policy=flow_mlp", "policy.hidden_dims=[32,32]", "policy.horizon=4",
+    # The store is read through fsspec's local:// filesystem, as a remote one would be, and cached once.
+    args = [f"data=local://{toy_store}", f"data_cache={tmp_path / 'cache'}", "algo=iql", "policy=flow_mlp", "policy.hidden_dims=[32,32]", "policy.horizon=4",
             "policy.action_steps=4", "algo.critic_hidden_dims=[32,32]", "algo.lr=1e-3", "trainer.steps=15",
             "trainer.log_every=1", "trainer.eval_episodes=0", "trainer.progress=false", "trainer.val_fraction=0"]
     check(launch(0, [*args, "trainer.batch_size=64", f"hydra.run.dir={tmp_path / 'one'}"], tmp_path))
@@ -105,6 +106,7 @@ def test_iql_critic_losses_on_two_ranks_match_one_process_with_twice_the_batch(t
     # policy's noise differs per rank and only its loss may differ.
     for key in ("loss", "value_loss"):
         np.testing.assert_allclose(curve(tmp_path / "two", key), curve(tmp_path / "one", key), rtol=1e-3)
+    assert len(list((tmp_path / "cache").glob("*.zarr"))) == 1
 
 
 def test_a_job_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tmp_path, toy_store):

@@ -125,7 +125,8 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes) or 1, seed=cfg.seed)
     obs_keys = sorted(env.spec.observation)
     data_location = cfg.data or _collect_demos(cfg, run, rank.is_main)
-    data_location = cached_store(data_location, cfg.data_cache) if cfg.data_cache else data_location
+    if cfg.data_cache:
+        data_location = _cached_data(data_location, cfg.data_cache, rank)
     store = EpisodeStore.open(data_location)
     check_store(store, required_keys=[*obs_keys, ACTION_KEY])
     arrays = store.load([*obs_keys, ACTION_KEY])
@@ -363,6 +364,14 @@ def _collect_demos(cfg: DictConfig, run: RunDir, main: bool) -> str:
                          num_workers=2)
     distributed.barrier()
     return location
+
+
+def _cached_data(location: str, cache_dir: str, rank: distributed.Dist) -> str:
+    """The local copy of a remote store; one process per machine (local rank 0) copies it first."""
+    if rank.local_rank == 0:
+        location = cached_store(location, cache_dir)
+    distributed.barrier()
+    return cached_store(location, cache_dir) if rank.local_rank != 0 else location
 
 
 def _skip_log(step: int, metrics: dict[str, float], prefix: str = "train") -> None:
