@@ -180,6 +180,8 @@ class OFQLConfig(OfflineRLConfig):
     """Weight of the actor's Q term relative to the flow BC loss (alpha = eta / mean|Q|)."""
     ema_decay: float = 0.995
     """EMA of the policy: the target actor of the TD target and the evaluated policy."""
+    q_agg: str = "min"
+    """Ensemble aggregation in the TD target: min (DQL, OFQL) or mean (QC)."""
 
 
 @dataclass

@@ -7,8 +7,8 @@ at inference, with no backpropagation through a sampling chain and no distillati
   ``eps - u(eps, 0, 1)``) is differentiable, so the critic's gradient reaches the policy directly.
 - Actor loss: the mean-flow BC loss (its JVP target) ``- alpha * mean_i Q_i(s, clip(a_theta(s, eps)))`` with
   ``alpha = eta / stopgrad(E|Q|)`` (:func:`robopol.critics.q_loss_scale`), so ``eta`` is scale-free.
-- Critic: double Q over the chunk, TD target with the min over the target critics at
-  ``clip(a_target(s', eps'))`` from the EMA ("target") actor; Polyak targets.
+- Critic: double Q over the chunk, TD target with the min over the target critics (DQL; ``q_agg=mean``
+  averages them, as QC does) at ``clip(a_target(s', eps'))`` from the EMA ("target") actor; Polyak targets.
 
 The chunk TD target uses the sampler's fields, so ``policy.horizon=1`` is OFQL on single actions and longer
 horizons are chunked critics as in QC. The clipped chunk the actor's Q term sees is exactly the kind of
@@ -25,7 +25,9 @@ from torch import nn
 
 from robopol.algos.offline import OfflineRL, build_critic, clip_action
 from robopol.critics import aggregate, chunk_td_target, polyak_update, q_loss_scale, td_loss
+from robopol.critics.losses import AGGREGATIONS
 from robopol.critics.nets import CriticEnsemble
+from robopol.policies.base import check_choice
 from robopol.policies.meanflow import MeanFlowPolicy
 
 
@@ -43,13 +45,14 @@ def draw_noise(policy: MeanFlowPolicy, batch: int, like: torch.Tensor,
 
 def critic_loss(critic: CriticEnsemble, target_critic: CriticEnsemble, target_actor: MeanFlowPolicy,
                 batch: dict[str, torch.Tensor], weight: torch.Tensor | None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-    """Double-Q chunk TD loss; the target takes the min over target critics at the target actor's chunk."""
+                generator: torch.Generator | None = None, q_agg: str = "min") -> tuple[torch.Tensor, dict]:
+    """Double-Q chunk TD loss; the target aggregates the target critics (``q_agg``: min or mean) at the target
+    actor's chunk."""
     next_obs = batch["next_obs"]
     with torch.no_grad():
         next_chunk = clip_action(one_step_chunk(target_actor, next_obs,
                                                 draw_noise(target_actor, next_obs.shape[0], next_obs, generator)))
-        next_q = aggregate(target_critic(next_obs, next_chunk), "min")
+        next_q = aggregate(target_critic(next_obs, next_chunk), q_agg)
         target = chunk_td_target(batch["reward_sum"], batch["discount"], batch["mask"], next_q)
     q = critic(batch["obs"], clip_action(batch["action"]))
     loss = td_loss(q, target, weight)
@@ -78,17 +81,18 @@ class OFQL(OfflineRL):
                  gamma: float = 0.99, tau: float = 0.005, reward: str = "store", eta: float = 0.1,
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512),
                  layer_norm: bool = True, ema_decay: float = 0.995, grad_clip: float = 0.0,
-                 drop_truncated: bool = True) -> None:
+                 drop_truncated: bool = True, q_agg: str = "min") -> None:
         if not isinstance(policy, MeanFlowPolicy):
             raise ValueError(f"OFQL trains the mean-flow head: use policy=meanflow, got {type(policy).__name__}")
         if ema_decay <= 0:
             raise ValueError("OFQL's TD target uses the EMA (target) actor: algo.ema_decay must be in (0, 1)")
         if eta < 0:
             raise ValueError(f"algo.eta must be >= 0, got {eta}")
+        check_choice("algo.q_agg", q_agg, AGGREGATIONS)
         super().__init__(policy, total_steps, name=name, lr=lr, gamma=gamma, tau=tau, reward=reward,
                          critic_horizon=policy.horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
-        self.eta = eta
+        self.eta, self.q_agg = eta, q_agg
         self.critic = build_critic(policy, policy.horizon, num_critics, critic_hidden_dims, layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.nets = {"critic": self.critic, "critic_target": self.critic_target}
@@ -96,7 +100,8 @@ class OFQL(OfflineRL):
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.policy.train()
-        loss, metrics = critic_loss(self.critic, self.critic_target, self.ema, batch, self.critic_weight(batch))
+        loss, metrics = critic_loss(self.critic, self.critic_target, self.ema, batch, self.critic_weight(batch),
+                                    q_agg=self.q_agg)
         self.step("critic", loss)
         self.critic.requires_grad_(False)  # the actor's Q term trains the policy only
         policy_loss, actor_metrics = actor_loss(self.policy, self.critic, self.policy_batch(batch), self.eta)

@@ -151,6 +151,9 @@ def test_critic_target_takes_the_min_over_target_critics_at_the_target_actors_cl
     assert weighted.item() == pytest.approx((errors[0] + errors[2] + errors[3] + errors[5]) / 4, rel=1e-5)
     weighted.backward()
     assert online.scale.grad is not None and target_critic.scale.grad is None
+    # q_agg=mean: Q' = mean([2.5, 4, 3], [1.5, 6, 3]) = [2, 5, 3] -> y = [1 + 0.81 * 2, 0.81 * 5, 0.5]
+    _, metrics = critic_loss(online, target_critic, target_actor, batch, None, q_agg="mean")
+    assert metrics["target_mean"] == pytest.approx((2.62 + 4.05 + 0.5) / 3, rel=1e-6)
 
 
 def random_batch(batch: int = 8) -> dict[str, torch.Tensor]:
@@ -176,9 +179,9 @@ def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(m
             p.add_(0.1)
     seen = {}
 
-    def critic_spy(critic, target_critic, target_actor, batch, weight, generator=None):
-        seen.update(critic=critic, target_critic=target_critic, target_actor=target_actor, weight=weight)
-        return critic_loss(critic, target_critic, target_actor, batch, weight, generator)
+    def critic_spy(critic, target_critic, target_actor, batch, weight, generator=None, q_agg="min"):
+        seen.update(critic=critic, target_critic=target_critic, target_actor=target_actor, weight=weight, q_agg=q_agg)
+        return critic_loss(critic, target_critic, target_actor, batch, weight, generator, q_agg)
 
     def actor_spy(policy, critic, bc_batch, eta, generator=None):
         seen.update(actor_policy=policy, actor_critic=critic, eta=eta,
@@ -190,7 +193,7 @@ def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(m
     old_ema, old_target = copy.deepcopy(algo.ema), copy.deepcopy(algo.critic_target)
     metrics = algo.update(random_batch())
     assert seen["critic"] is algo.critic and seen["target_critic"] is algo.critic_target
-    assert seen["target_actor"] is algo.ema and algo.ema is not algo.policy
+    assert seen["target_actor"] is algo.ema and algo.ema is not algo.policy and seen["q_agg"] == "min"
     torch.testing.assert_close(seen["weight"], torch.tensor([1.0] * 7 + [0.0]))  # drop_truncated
     assert seen["actor_policy"] is algo.policy and seen["actor_critic"] is algo.critic and seen["eta"] == 0.3
     assert seen["critic_frozen"] and all(p.requires_grad for p in algo.critic.parameters())
@@ -212,6 +215,8 @@ def test_config_errors():
         OFQL(meanflow(), 10, ema_decay=1.0)
     with pytest.raises(ValueError, match="algo.eta must be >= 0, got -1"):
         OFQL(meanflow(), 10, eta=-1.0)
+    with pytest.raises(ValueError, match="algo.q_agg must be one of min, mean, got 'max'"):
+        OFQL(meanflow(), 10, q_agg="max")
 
 
 # ------------------------------------------------------------------ end to end on the toy task
