@@ -13,6 +13,7 @@ import torch
 
 from robopol import distributed
 from robopol.algos.bc import BC
+from robopol.algos.iql import IQL
 from robopol.algos.ppo import PPO
 
 
@@ -33,12 +34,11 @@ class ReportingBC(BC):
         return metrics
 
 
-class CrashingBC(BC):
-    """BC that raises (or is SIGKILLed, like an out-of-memory kill) on one rank at one step."""
+class CrashOnStep:
+    """Mixin for an algorithm that raises (or is SIGKILLed, like an out-of-memory kill) on one rank at one
+    step of this process."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.updates = 0
+    updates = 0
 
     def update(self, batch):
         self.updates += 1
@@ -50,6 +50,14 @@ class CrashingBC(BC):
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"injected failure in rank {rank} at step {step}")
         return super().update(batch)
+
+
+class CrashingBC(CrashOnStep, BC):
+    pass
+
+
+class CrashingIQL(CrashOnStep, IQL):
+    pass
 
 
 class ReportingPPO(PPO):

@@ -24,6 +24,9 @@ BC_ARGS = ["policy=mlp", "policy.hidden_dims=[32,32]", "policy.horizon=1", "poli
            "algo.lr=3e-3", "trainer.steps=12", "trainer.log_every=1",
            "trainer.ckpt_every=4", "trainer.eval_episodes=0", "trainer.progress=false", "trainer.val_fraction=0",
            "algo.ema_decay=0.9", "algo.warmup_steps=2"]
+IQL_ARGS = ["algo=iql", "policy=flow_mlp", "policy.hidden_dims=[32,32]", "policy.horizon=4", "policy.action_steps=4",
+            "algo.critic_hidden_dims=[32,32]", "algo.lr=1e-3", "trainer.log_every=1", "trainer.eval_episodes=0",
+            "trainer.progress=false", "trainer.val_fraction=0"]
 
 
 def launch(nproc: int, args: list[str], cwd: Path, env: dict[str, str] | None = None,
@@ -97,9 +100,7 @@ def test_bc_on_two_ranks_matches_one_process_with_twice_the_batch_and_only_rank_
 
 def test_iql_critic_losses_on_two_ranks_match_one_process_with_twice_the_batch(tmp_path, toy_store):
     # The store is read through fsspec's local:// filesystem, as a remote one would be, and cached once.
-    args = [f"data=local://{toy_store}", f"data_cache={tmp_path / 'cache'}", "algo=iql", "policy=flow_mlp", "policy.hidden_dims=[32,32]", "policy.horizon=4",
-            "policy.action_steps=4", "algo.critic_hidden_dims=[32,32]", "algo.lr=1e-3", "trainer.steps=15",
-            "trainer.log_every=1", "trainer.eval_episodes=0", "trainer.progress=false", "trainer.val_fraction=0"]
+    args = [f"data=local://{toy_store}", f"data_cache={tmp_path / 'cache'}", *IQL_ARGS, "trainer.steps=15"]
     check(launch(0, [*args, "trainer.batch_size=64", f"hydra.run.dir={tmp_path / 'one'}"], tmp_path))
     check(launch(2, [*args, "trainer.batch_size=32", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path))
     # V and Q learn from data alone (in-sample), so their losses follow the same trajectory; the flow
@@ -109,8 +110,12 @@ def test_iql_critic_losses_on_two_ranks_match_one_process_with_twice_the_batch(t
     assert len(list((tmp_path / "cache").glob("*.zarr"))) == 1
 
 
-def test_a_job_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tmp_path, toy_store):
-    args = [f"data={toy_store}", *BC_ARGS, "trainer.batch_size=16", "algo._target_=dist_helpers.CrashingBC"]
+@pytest.mark.parametrize("algo", ["bc", "iql"])
+def test_a_job_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tmp_path, toy_store, algo):
+    args = ([f"data={toy_store}", *BC_ARGS, "trainer.batch_size=16", "algo._target_=dist_helpers.CrashingBC"]
+            if algo == "bc" else
+            [f"data={toy_store}", *IQL_ARGS, "trainer.steps=12", "trainer.ckpt_every=4", "trainer.batch_size=16",
+             "algo._target_=dist_helpers.CrashingIQL"])
     check(launch(2, [*args, f"hydra.run.dir={tmp_path / 'whole'}"], tmp_path))
     killed = launch(2, [*args, f"hydra.run.dir={tmp_path / 'killed'}"], tmp_path,
                     env={"ROBOPOL_TEST_CRASH": "1:10:kill"})
