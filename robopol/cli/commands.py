@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,23 +24,32 @@ def train_command(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     result = train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
-    main = distributed.current().is_main
     distributed.shutdown()
-    if not main:
+    if not _rank_zero():
         return
     console.print(f"trained {result.steps} steps in {result.seconds:.1f} s; run directory: {result.run_dir}")
     if result.final_eval is not None:
         _print_eval(result.final_eval.as_dict())
 
 
+def _rank_zero() -> bool:
+    """Whether this process reports: always, except for ranks above 0 under torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def demo_command(cfg: DictConfig) -> None:
+    from robopol import distributed
     from robopol.train.trainer import train
 
-    console.print(f"[bold]robopol demo[/bold]: {cfg.demos} expert demonstrations of '{cfg.task.name}' -> "
-                  f"{cfg.algo.name} with a {cfg.policy.name} policy -> evaluation over "
-                  f"{cfg.trainer.eval_episodes} episodes")
+    if _rank_zero():
+        console.print(f"[bold]robopol demo[/bold]: {cfg.demos} expert demonstrations of '{cfg.task.name}' -> "
+                      f"{cfg.algo.name} with a {cfg.policy.name} policy -> evaluation over "
+                      f"{cfg.trainer.eval_episodes} episodes")
     hydra_cfg = HydraConfig.get()
     result = train(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    distributed.shutdown()
+    if not _rank_zero():
+        return
     run = result.run_dir
     if result.final_eval is not None:
         _print_eval(result.final_eval.as_dict())
