@@ -102,7 +102,11 @@ def test_iql_critic_losses_on_two_ranks_match_one_process_with_twice_the_batch(t
     # The store is read through fsspec's local:// filesystem, as a remote one would be, and cached once.
     args = [f"data=local://{toy_store}", f"data_cache={tmp_path / 'cache'}", *IQL_ARGS, "trainer.steps=15"]
     check(launch(0, [*args, "trainer.batch_size=64", f"hydra.run.dir={tmp_path / 'one'}"], tmp_path))
-    check(launch(2, [*args, "trainer.batch_size=32", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path))
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    proc = launch(2, [*args, "trainer.batch_size=32", f"hydra.run.dir={tmp_path / 'two'}"], workdir)
+    check(proc)
+    assert list(workdir.iterdir()) == [] and proc.stdout.count("trained 15 steps") == 1  # rank 0 alone writes
     # V and Q learn from data alone (in-sample), so their losses follow the same trajectory; the flow
     # policy's noise differs per rank and only its loss may differ.
     for key in ("loss", "value_loss"):
@@ -130,9 +134,12 @@ def test_a_job_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tmp_path, 
     assert "was trained by 2 process(es) and this job has 1; launch it with torchrun --nproc_per_node=2" in proc.stderr
 
 
-def test_an_exception_in_rank_1_ends_both_ranks_and_shows_the_error(tmp_path, toy_store):
-    proc = launch(2, [f"data={toy_store}", *BC_ARGS, "trainer.batch_size=16", "trainer.steps=200",
-                      "algo._target_=dist_helpers.CrashingBC", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
+@pytest.mark.parametrize("algo", ["bc", "iql"])
+def test_an_exception_in_rank_1_ends_both_ranks_and_shows_the_error(tmp_path, toy_store, algo):
+    args = ([*BC_ARGS, "algo._target_=dist_helpers.CrashingBC"] if algo == "bc" else
+            [*IQL_ARGS, "algo._target_=dist_helpers.CrashingIQL"])
+    proc = launch(2, [f"data={toy_store}", *args, "trainer.batch_size=16", "trainer.steps=200",
+                      f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
                   env={"ROBOPOL_TEST_CRASH": "1:3:raise"}, timeout=120)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
