@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from robopol.errors import RobopolError
 
 SUBCOMMANDS: dict[str, str] = {
-    "train": "fit a policy on an episode store (imitation now; offline/online RL as they land)",
+    "train": "fit a policy: imitation, offline RL, online RL (data-parallel under torchrun)",
     "eval": "roll a checkpoint out in simulation and report success with a 95% CI",
     "collect": "run a scripted expert and write episodes into an episode store",
     "data": "validate | info | convert | replay | merge episode stores",
-    "bench": "measure speed (data, ...); prints a table and writes JSON",
+    "bench": "data | sim | policy | inference | offline | online | control | scale; a table and JSON",
     "deploy": "run a checkpoint on a robot through the real-time control loop",
     "demo": "collect demonstrations, train, evaluate and report in one go",
 }
