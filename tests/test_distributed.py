@@ -19,7 +19,7 @@ from robopol.train.run import read_metrics
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-# Single-action chunks: no padding, so a rank's mean loss is exactly half of the global batch's sum.
+# Single-action chunks: no padded steps, so the mean of the ranks' mean losses is the global batch's mean loss.
 BC_ARGS = ["policy=mlp", "policy.hidden_dims=[32,32]", "policy.horizon=1", "policy.action_steps=1",
            "algo.lr=3e-3", "trainer.steps=12", "trainer.log_every=1",
            "trainer.ckpt_every=4", "trainer.eval_episodes=0", "trainer.progress=false", "trainer.val_fraction=0",
