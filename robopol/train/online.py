@@ -241,11 +241,11 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
     returns the last evaluation and iteration. Under torchrun every rank collects its own rollouts."""
     from robopol.train.trainer import (
         _rank_rng_state,
-        _rng_states,
         _set_rng_states,
         _skip_log,
         build,
-        seed_everything,
+        rank_rng_states,
+        start_ranks,
     )
 
     tcfg = cfg.trainer
@@ -258,9 +258,7 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
     algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps)
     if init_normalizer is not None:
         algo.fix_obs_normalization(*_flat_affine(init_normalizer, obs_keys))
-    distributed.broadcast_modules(algo.modules().values())
-    if rank.rank > 0:  # each rank samples its own actions and minibatches
-        seed_everything(cfg.seed + 7919 * rank.rank)
+    start_ranks(algo, cfg.seed, rank)  # each rank samples its own actions and minibatches
 
     def runtime_normalizer() -> Normalizer:
         """What deployment normalises with: the fine-tuned policy's own, else the running statistics."""
@@ -284,14 +282,14 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
              "action_dim": action_dim}
 
     def checkpoint(iteration: int) -> None:
-        rng_ranks = distributed.gather_objects(_rng_states())
+        rng = rank_rng_states(rank)
         if not rank.is_main:
             return
         normalizer = runtime_normalizer()
         save_checkpoint(run.checkpoints, step=iteration, modules=algo.modules(), config=cfg,
                         normalizer=(normalizer.spec(), normalizer.state_dict()),
                         training_state={"step": iteration, "algo": algo.state_dict(), "best_return": best_return,
-                                        "rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if rank.enabled else {})},
+                                        **rng},
                         extra=extra)
 
     obs = env.reset(seed=cfg.seed + rank.rank * RANK_SEED_STRIDE + start * RESUME_SEED_STRIDE)

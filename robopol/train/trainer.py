@@ -142,9 +142,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
         policy.head.load_state_dict(teacher.state_dict())
     algo = build(cfg.algo, "algo", policy=policy, total_steps=tcfg.steps,
                  **({"teacher": teacher} if teacher is not None else {}))
-    distributed.broadcast_modules(algo.modules().values())
-    if rank.rank > 0:  # sampling noise differs per rank; weights and data order do not
-        seed_everything(cfg.seed + 7919 * rank.rank)
+    start_ranks(algo, cfg.seed, rank)
     if tcfg.compile:
         _compile_networks(algo)
     online = cfg.online.steps > 0
@@ -205,7 +203,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
              "obs_dim": obs_dim, "action_dim": action_dim}
 
     def checkpoint(step: int) -> None:
-        rng_ranks = distributed.gather_objects(_rng_states())  # every rank calls this at the same steps
+        rng = rank_rng_states(rank)  # a collective: every rank checkpoints at the same steps
         if not rank.is_main:
             return
         save_checkpoint(
@@ -213,8 +211,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
             normalizer=(normalizer.spec(), normalizer.state_dict()),
             training_state={"step": step, "algo": algo.state_dict(), "sampler": sampler.state_dict(),
                             "val_sampler": val_sampler.state_dict() if val_sampler is not None else None,
-                            "best_success": best_success, "rng": rng_ranks[0], "online": online_state.as_dict(),
-                            **({"rng_ranks": rng_ranks} if rank.enabled else {})},
+                            "best_success": best_success, "online": online_state.as_dict(), **rng},
             extra=extra,
         )
 
@@ -369,9 +366,9 @@ def _collect_demos(cfg: DictConfig, run: RunDir, main: bool) -> str:
 def _cached_data(location: str, cache_dir: str, rank: distributed.Dist) -> str:
     """The local copy of a remote store; one process per machine (local rank 0) copies it first."""
     if rank.local_rank == 0:
-        location = cached_store(location, cache_dir)
+        cached_store(location, cache_dir)
     distributed.barrier()
-    return cached_store(location, cache_dir) if rank.local_rank != 0 else location
+    return cached_store(location, cache_dir)  # up to date now: only compares, no copy
 
 
 def _skip_log(step: int, metrics: dict[str, float], prefix: str = "train") -> None:
@@ -392,6 +389,21 @@ def _compile_networks(algo: Any) -> None:
         network = getattr(module, "net", module)
         if type(network).forward is not nn.Module.forward:
             network.compile()
+
+
+def start_ranks(algo: Any, seed: int, rank: distributed.Dist) -> None:
+    """Under torchrun: every rank starts from rank 0's weights, and ranks above 0 reseed so that their
+    sampling noise differs (weights and data order stay shared)."""
+    distributed.broadcast_modules(algo.modules().values())
+    if rank.rank > 0:
+        seed_everything(seed + 7919 * rank.rank)
+
+
+def rank_rng_states(rank: distributed.Dist) -> dict[str, Any]:
+    """The checkpoint's RNG entries: ``rng`` (rank 0's) and, under torchrun, every rank's as ``rng_ranks``
+    (a collective: all ranks must call it)."""
+    states = distributed.gather_objects(_rng_states())
+    return {"rng": states[0], **({"rng_ranks": states} if rank.enabled else {})}
 
 
 def _rank_rng_state(state: dict[str, Any], rank: distributed.Dist, resume: str) -> dict[str, Any]:
