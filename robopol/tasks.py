@@ -61,7 +61,9 @@ class SimTaskConfig(TaskConfig):
     """Fields shared by the MuJoCo task suites."""
 
     backend: str = "auto"
-    """Batched-env back end: inprocess, workers (one process per env) or auto (workers when num_envs > 1)."""
+    """Batched-env back end: inprocess, workers (worker processes) or auto (workers when num_envs > 1)."""
+    envs_per_worker: int = 1
+    """Envs each worker process steps (workers back end): more amortises the ~0.3 ms message per step."""
 
 
 @dataclass

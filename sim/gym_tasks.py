@@ -138,11 +138,11 @@ class GymSim(MujocoSim):
 
 def make_gym_env(num_envs: int = 1, seed: int = 0, name: str = "", env_id: str = "PointMaze_UMaze-v3",
                  max_episode_steps: int = 0, terminate_on_success: bool = True, backend: str = "auto",
-                 autoreset: bool = False) -> VectorEnv:
+                 autoreset: bool = False, envs_per_worker: int = 1) -> VectorEnv:
     """Batched gymnasium(-robotics) env (the ``_target_`` of the maze, Fetch and locomotion task configs);
     ``max_episode_steps=0`` keeps the env's registered limit."""
     if env_id not in MAZES + FETCH + LOCOMOTION:
         raise ConfigError(f"unknown gymnasium env id '{env_id}': use one of {MAZES + FETCH + LOCOMOTION}")
     factory = partial(GymSim, env_id=env_id, name=name, terminate_on_success=terminate_on_success)
     return make_vector_env(factory, num_envs, seed, backend=backend, autoreset=autoreset, name=name or None,
-                           max_episode_steps=max_episode_steps or None)
+                           max_episode_steps=max_episode_steps or None, envs_per_worker=envs_per_worker)

@@ -143,9 +143,9 @@ class OGBenchSim(MujocoSim):
 
 def make_ogbench_env(num_envs: int = 1, seed: int = 0, name: str = "cube_single",
                      env_id: str = "cube-single-v0", task_id: int = 0, max_episode_steps: int = 0,
-                     backend: str = "auto", autoreset: bool = False) -> VectorEnv:
+                     backend: str = "auto", autoreset: bool = False, envs_per_worker: int = 1) -> VectorEnv:
     """Batched OGBench env (the ``_target_`` of the OGBench task configs); ``max_episode_steps=0`` keeps
     OGBench's limit."""
     factory = partial(OGBenchSim, env_id=env_id, task_id=task_id, name=name)
     return make_vector_env(factory, num_envs, seed, backend=backend, autoreset=autoreset, name=name,
-                           max_episode_steps=max_episode_steps or None)
+                           max_episode_steps=max_episode_steps or None, envs_per_worker=envs_per_worker)

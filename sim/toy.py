@@ -258,7 +258,8 @@ class PointMassSim(SimEnv):
 
 def make_point_mass_env(num_envs: int = 1, seed: int = 0, name: str = "point_mass",
                         max_episode_steps: int = 50, backend: str = "inprocess", fault: str = "",
-                        fault_step: int = 3, fault_seeds: Sequence[int] = (), autoreset: bool = False):
+                        fault_step: int = 3, fault_seeds: Sequence[int] = (), autoreset: bool = False,
+                        envs_per_worker: int = 1):
     """Batched ``PointMassSim`` (a task ``_target_``): the vector back ends without a physics engine."""
     from functools import partial
 
@@ -266,4 +267,4 @@ def make_point_mass_env(num_envs: int = 1, seed: int = 0, name: str = "point_mas
 
     factory = partial(PointMassSim, fault=fault, fault_step=fault_step, fault_seeds=tuple(fault_seeds))
     return make_vector_env(factory, num_envs, seed, backend=backend, autoreset=autoreset, name=name,
-                           max_episode_steps=max_episode_steps)
+                           max_episode_steps=max_episode_steps, envs_per_worker=envs_per_worker)

@@ -1,4 +1,4 @@
-"""``robopol bench sim`` writes one row per task with both back ends and the collection speed."""
+"""``robopol bench sim`` writes one row per task with both back ends (two pool layouts) and the collection speed."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ def test_bench_sim_reports_each_backend_and_collection(tmp_path, monkeypatch):
     rows = bench.bench_sim(str(tmp_path), quick=True)
     (row,) = rows
     assert row["task"] == "pointmaze_umaze" and row["suite"] == "maze" and row["envs"] == 2
-    for key in ("single_process_steps_s", "worker_pool_steps_s", "collect_steps_s_1proc",
-                "collect_steps_s_2workers"):
+    assert row["grouped_envs"] == 8
+    for key in ("single_process_steps_s", "worker_pool_steps_s", "grouped_single_process_steps_s",
+                "grouped_pool_steps_s", "collect_steps_s_1proc", "collect_steps_s_2workers"):
         assert row[key] > 0
-    assert 0 < row["speedup"] < 10 and 0 < row["cpu_ceiling"] < 10
+    assert 0 < row["speedup"] < 10 and 0 < row["grouped_speedup"] < 10 and 0 < row["cpu_ceiling"] < 10
     assert row["expert_success"] == 1.0
     saved = json.loads((tmp_path / "sim.json").read_text())
     assert saved["bench"] == "sim" and saved["rows"] == rows and "machine" in saved

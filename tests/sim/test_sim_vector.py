@@ -155,6 +155,86 @@ def test_a_failing_env_is_reported_and_reset_alone(backend, fault, caplog):
         env.close()
 
 
+def test_grouped_workers_step_exactly_like_one_process():
+    # 5 envs over workers of 2, 2 and 1 envs, with auto-reset across several episodes.
+    def run(backend, **kw):
+        env = make_vector_env(partial(PointMassSim, max_speed=0.3), num_envs=5, seed=0, backend=backend,
+                              autoreset=True, max_episode_steps=7, **kw)
+        rng, out = np.random.default_rng(1), [env.reset(seed=10)]
+        try:
+            for _ in range(20):
+                r = env.step(rng.uniform(-1, 1, size=(5, 2)))
+                out.append({**r.obs, "reward": r.reward, "ended": r.terminated | r.truncated, "ok": r.success})
+            if backend == "workers":
+                assert len(env._members) == 3
+            return out, env.episode_seeds.copy()
+        finally:
+            env.close()
+
+    (single, seeds_single), (grouped, seeds_grouped) = run("inprocess"), run("workers", envs_per_worker=2)
+    for a, b in zip(single, grouped, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(seeds_single, seeds_grouped)
+    assert (seeds_single >= 15).all()  # every env moved past its first episode
+
+
+@pytest.mark.parametrize("fault", ["raise", "nan"])
+def test_a_failing_env_does_not_disturb_the_envs_sharing_its_worker(fault):
+    factory = partial(PointMassSim, fault=fault, fault_step=2, fault_seeds=[101])
+    env = make_vector_env(factory, num_envs=3, seed=0, backend="workers", autoreset=True, envs_per_worker=2)
+    clean = make_vector_env(PointMassSim, num_envs=3, seed=0, backend="inprocess", autoreset=True)
+    try:
+        env.reset(seed=100), clean.reset(seed=100)
+        for _ in range(2):
+            result, reference = env.step(np.full((3, 2), 0.3)), clean.step(np.full((3, 2), 0.3))
+        assert [e["env"] for e in result.info["errors"]] == [1]
+        assert env.episode_seeds.tolist() == [100, 104, 102]
+        np.testing.assert_array_equal(result.obs["pos"][[0, 2]], reference.obs["pos"][[0, 2]])
+    finally:
+        env.close(), clean.close()
+
+
+def test_a_dying_worker_takes_its_envs_with_it_and_each_is_reset():
+    factory = partial(PointMassSim, fault="exit", fault_step=2, fault_seeds=[101])
+    env = make_vector_env(factory, num_envs=3, seed=0, backend="workers", autoreset=True, envs_per_worker=2)
+    try:
+        env.reset(seed=100)
+        env.step(np.zeros((3, 2)))
+        result = env.step(np.zeros((3, 2)))
+        # Env 1's simulator killed worker 0, which also ran env 0; env 2 (worker 1) is untouched.
+        assert [e["env"] for e in result.info["errors"]] == [0, 1]
+        assert all("worker process died" in e["error"] for e in result.info["errors"])
+        assert result.truncated.tolist() == [True, True, False]
+        assert env.episode_seeds.tolist() == [103, 104, 102]
+        for _ in range(3):
+            assert "errors" not in env.step(np.zeros((3, 2))).info
+    finally:
+        env.close()
+
+
+def test_envs_of_a_worker_that_died_outside_a_step_fail_at_their_next_step():
+    env = make_vector_env(PointMassSim, num_envs=2, seed=0, backend="workers", autoreset=True, envs_per_worker=2)
+    try:
+        env.reset(seed=0)
+        env.step(np.zeros((2, 2)))
+        env._procs[0].kill()
+        env._procs[0].join()
+        with pytest.raises(RuntimeError, match="env 0: get_state failed: worker process (died|is gone)"):
+            env.get_state(0)
+        with pytest.raises(RuntimeError, match="env 1: get_state failed: its worker process died while "
+                                               "serving another env"):
+            env.get_state(1)
+        # Both were rebuilt but never reset: they must not step as if alive.
+        result = env.step(np.zeros((2, 2)))
+        assert [e["env"] for e in result.info["errors"]] == [0, 1]
+        assert all("died while serving another env" in e["error"] for e in result.info["errors"])
+        assert env.episode_seeds.tolist() == [2, 3]
+        assert "errors" not in env.step(np.zeros((2, 2))).info
+    finally:
+        env.close()
+
+
 def test_worker_pool_reports_an_env_that_cannot_be_built():
     with pytest.raises(ConfigError, match="cannot build the env in worker 0.*fault must be"):
         make_vector_env(partial(PointMassSim, fault="melt"), num_envs=2, backend="workers")
@@ -165,3 +245,5 @@ def test_backend_and_size_are_checked():
         make_vector_env(PointMassSim, num_envs=1, backend="gpu")
     with pytest.raises(ConfigError, match="num_envs must be at least 1"):
         make_vector_env(PointMassSim, num_envs=0)
+    with pytest.raises(ConfigError, match="envs_per_worker must be between 1 and 255, got 0"):
+        make_vector_env(PointMassSim, num_envs=2, backend="workers", envs_per_worker=0)
