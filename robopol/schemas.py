@@ -182,8 +182,6 @@ class OFQLConfig(OfflineRLConfig):
     """EMA of the policy: the target actor of the TD target and the evaluated policy."""
     q_agg: str = "min"
     """Ensemble aggregation in the TD target: min (DQL, OFQL) or mean (QC)."""
-    eta_warmup_steps: int = 0
-    """Ramp eta linearly from 0 over this many updates (0: full eta from the start); keeps a young critic unexploited."""
 
 
 @dataclass

@@ -81,20 +81,18 @@ class OFQL(OfflineRL):
                  gamma: float = 0.99, tau: float = 0.005, reward: str = "store", eta: float = 0.1,
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512),
                  layer_norm: bool = True, ema_decay: float = 0.995, grad_clip: float = 0.0,
-                 drop_truncated: bool = True, q_agg: str = "min", eta_warmup_steps: int = 0) -> None:
+                 drop_truncated: bool = True, q_agg: str = "min") -> None:
         if not isinstance(policy, MeanFlowPolicy):
             raise ValueError(f"OFQL trains the mean-flow head: use policy=meanflow, got {type(policy).__name__}")
         if ema_decay <= 0:
             raise ValueError("OFQL's TD target uses the EMA (target) actor: algo.ema_decay must be in (0, 1)")
         if eta < 0:
             raise ValueError(f"algo.eta must be >= 0, got {eta}")
-        if eta_warmup_steps < 0:
-            raise ValueError(f"algo.eta_warmup_steps must be >= 0, got {eta_warmup_steps}")
         check_choice("algo.q_agg", q_agg, AGGREGATIONS)
         super().__init__(policy, total_steps, name=name, lr=lr, gamma=gamma, tau=tau, reward=reward,
                          critic_horizon=policy.horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
-        self.eta, self.q_agg, self.eta_warmup_steps = eta, q_agg, eta_warmup_steps
+        self.eta, self.q_agg = eta, q_agg
         self.critic = build_critic(policy, policy.horizon, num_critics, critic_hidden_dims, layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.nets = {"critic": self.critic, "critic_target": self.critic_target}
@@ -106,20 +104,9 @@ class OFQL(OfflineRL):
                                     q_agg=self.q_agg)
         self.step("critic", loss)
         self.critic.requires_grad_(False)  # the actor's Q term trains the policy only
-        eta = self.current_eta()
-        policy_loss, actor_metrics = actor_loss(self.policy, self.critic, self.policy_batch(batch), eta)
+        policy_loss, actor_metrics = actor_loss(self.policy, self.critic, self.policy_batch(batch), self.eta)
         self.step("policy", policy_loss)
         self.critic.requires_grad_(True)
         polyak_update(self.critic_target, self.critic, self.tau)
         self.after_update()
-        return {"loss": loss.item(), "policy_loss": policy_loss.item(), "eta": eta, **metrics, **actor_metrics}
-
-    def current_eta(self) -> float:
-        """``eta``, ramped linearly from 0 over the first ``eta_warmup_steps`` updates.
-
-        Why a ramp: ``alpha = eta / E|Q|`` is largest while the critic is young (its |Q| still far below the
-        converged scale when rewards are negative step costs), which is when it is easiest to exploit.
-        """
-        if self.eta_warmup_steps == 0:
-            return self.eta
-        return self.eta * min(1.0, (self.steps + 1) / self.eta_warmup_steps)
+        return {"loss": loss.item(), "policy_loss": policy_loss.item(), **metrics, **actor_metrics}

@@ -206,20 +206,6 @@ def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(m
     assert algo.eval_policy() is algo.ema
 
 
-def test_eta_warmup_ramps_the_actor_q_weight_linearly_then_holds_it(monkeypatch):
-    algo = OFQL(meanflow(), 10, critic_hidden_dims=(8,), eta=0.6, eta_warmup_steps=4)
-    seen = []
-
-    def actor_spy(policy, critic, bc_batch, eta, generator=None):
-        seen.append(eta)
-        return actor_loss(policy, critic, bc_batch, eta, generator)
-
-    monkeypatch.setattr(ofql_module, "actor_loss", actor_spy)
-    logged = [algo.update(random_batch())["eta"] for _ in range(6)]
-    assert seen == pytest.approx([0.15, 0.3, 0.45, 0.6, 0.6, 0.6]) and logged == seen
-    assert OFQL(meanflow(), 10, critic_hidden_dims=(8,), eta=0.6).current_eta() == 0.6  # no ramp by default
-
-
 def test_config_errors():
     with pytest.raises(ValueError, match="OFQL trains the mean-flow head: use policy=meanflow, got FlowPolicy"):
         OFQL(FlowPolicy(1, 1, obs_steps=1, horizon=2, action_steps=2, backbone="mlp", hidden_dims=[8]), 10)
@@ -231,8 +217,6 @@ def test_config_errors():
         OFQL(meanflow(), 10, eta=-1.0)
     with pytest.raises(ValueError, match="algo.q_agg must be one of min, mean, got 'max'"):
         OFQL(meanflow(), 10, q_agg="max")
-    with pytest.raises(ValueError, match="algo.eta_warmup_steps must be >= 0, got -5"):
-        OFQL(meanflow(), 10, eta_warmup_steps=-5)
 
 
 # ------------------------------------------------------------------ end to end on the toy task
