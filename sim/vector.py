@@ -422,10 +422,6 @@ def _mp_context() -> Any:
     return ctx
 
 
-class _WorkerDied(Exception):
-    pass
-
-
 class WorkerVectorEnv(VectorEnv):
     """Envs in worker processes, ``envs_per_worker`` each (1: one process per env); a step sends every
     worker its actions before it waits for any result.

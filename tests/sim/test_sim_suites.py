@@ -71,6 +71,22 @@ def test_suite_spec_rollout_and_determinism(name):
         env.close()
 
 
+def test_grouped_worker_pool_steps_a_mujoco_suite_like_one_process():
+    # task.envs_per_worker reaches the worker pool through the task config: 3 envs in workers of 2 and 1
+    single = make_env(task("cube_single_task1"), num_envs=3, seed=0)
+    grouped = make_env(task("cube_single_task1", backend="workers", envs_per_worker=2), num_envs=3, seed=0)
+    try:
+        assert len(grouped._members) == 2
+        a, last_a = rollout(single, 3, 5)
+        b, last_b = rollout(grouped, 3, 5)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x["observation"], y["observation"])
+        np.testing.assert_array_equal(last_a.reward, last_b.reward)
+        np.testing.assert_array_equal(single.get_state(2), grouped.get_state(2))
+    finally:
+        single.close(), grouped.close()
+
+
 def test_goal_conditioned_ogbench_draws_the_task_from_the_seed():
     env = make_env(task("puzzle_3x3"), num_envs=1, seed=0)
     try:
