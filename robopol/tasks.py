@@ -62,8 +62,8 @@ class SimTaskConfig(TaskConfig):
 
     backend: str = "auto"
     """Batched-env back end: inprocess, workers (worker processes) or auto (workers when num_envs > 1)."""
-    envs_per_worker: int = 1
-    """Envs each worker process steps (workers back end): more amortises the ~0.3 ms message per step."""
+    envs_per_worker: int = 0
+    """Envs each worker process steps (workers back end; 0: spread them over the CPUs, one worker per CPU); more per worker amortises the ~0.3 ms message per step."""
 
 
 @dataclass

@@ -35,8 +35,7 @@ SUITE = {"cube_single": "ogbench", "cube_double": "ogbench", "scene": "ogbench",
 
 def _task(name: str, backend: str | None = None, envs_per_worker: int = 1) -> Any:
     overrides = [f"task={name}", "out=unused"] + ([f"task.backend={backend}"] if backend else [])
-    if envs_per_worker > 1:
-        overrides.append(f"task.envs_per_worker={envs_per_worker}")
+    overrides.append(f"task.envs_per_worker={envs_per_worker}")
     return compose("collect", overrides).task
 
 

@@ -138,7 +138,7 @@ class GymSim(MujocoSim):
 
 def make_gym_env(num_envs: int = 1, seed: int = 0, name: str = "", env_id: str = "PointMaze_UMaze-v3",
                  max_episode_steps: int = 0, terminate_on_success: bool = True, backend: str = "auto",
-                 autoreset: bool = False, envs_per_worker: int = 1) -> VectorEnv:
+                 autoreset: bool = False, envs_per_worker: int = 0) -> VectorEnv:
     """Batched gymnasium(-robotics) env (the ``_target_`` of the maze, Fetch and locomotion task configs);
     ``max_episode_steps=0`` keeps the env's registered limit."""
     if env_id not in MAZES + FETCH + LOCOMOTION:

@@ -143,7 +143,7 @@ class OGBenchSim(MujocoSim):
 
 def make_ogbench_env(num_envs: int = 1, seed: int = 0, name: str = "cube_single",
                      env_id: str = "cube-single-v0", task_id: int = 0, max_episode_steps: int = 0,
-                     backend: str = "auto", autoreset: bool = False, envs_per_worker: int = 1) -> VectorEnv:
+                     backend: str = "auto", autoreset: bool = False, envs_per_worker: int = 0) -> VectorEnv:
     """Batched OGBench env (the ``_target_`` of the OGBench task configs); ``max_episode_steps=0`` keeps
     OGBench's limit."""
     factory = partial(OGBenchSim, env_id=env_id, task_id=task_id, name=name)

@@ -259,7 +259,7 @@ class PointMassSim(SimEnv):
 def make_point_mass_env(num_envs: int = 1, seed: int = 0, name: str = "point_mass",
                         max_episode_steps: int = 50, backend: str = "inprocess", fault: str = "",
                         fault_step: int = 3, fault_seeds: Sequence[int] = (), autoreset: bool = False,
-                        envs_per_worker: int = 1):
+                        envs_per_worker: int = 0):
     """Batched ``PointMassSim`` (a task ``_target_``): the vector back ends without a physics engine."""
     from functools import partial
 

@@ -4,7 +4,8 @@ Both back ends share ``VectorEnv``, which owns everything that must behave the s
 physics: action checks (wrong shape or NaN raise ``ConfigError``; out-of-bounds values are clipped and
 counted), the time limit, per-env episode seeds, the explicit auto-reset policy, and failure handling: a step
 that raises or returns NaN/inf (or a worker process that dies) is reported with the env index and its
-episode seed, that env alone is reset, and the step reports it as truncated.
+episode seed, that env alone is reset (with a dead worker: each of the envs it ran), and the step reports it
+as truncated.
 
 Seeds: ``reset(seed=s)`` starts env ``i`` with episode seed ``s + i``; every later episode of env ``i``
 (auto-reset or reset after a failure) takes ``num_envs`` more than its previous one, so the episodes of a
@@ -12,8 +13,9 @@ batch use the seeds ``s, s+1, s+2, ...`` each once. ``reset()`` without a seed c
 
 Workers are started with the ``forkserver`` method: a fork of a process that has threads (torch, zarr's
 event loop) can deadlock, and MuJoCo/EGL contexts must be created in the process that uses them. A step
-sends every action before it waits for any result, and idle workers poll for their next command for a
-couple of milliseconds before blocking, which saves a kernel wake-up per message.
+sends every worker its actions (one message for its ``envs_per_worker`` envs) before it waits for any
+result, and idle workers poll for their next command for a couple of milliseconds before blocking, which
+saves a kernel wake-up per message.
 """
 
 from __future__ import annotations
@@ -412,6 +414,11 @@ def _spin_until_readable(conn: Any, seconds: float) -> None:
         os.sched_yield()
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _mp_context() -> Any:
     try:
         ctx = mp.get_context("forkserver")
@@ -428,8 +435,8 @@ class WorkerVectorEnv(VectorEnv):
 
     Grouping envs amortises the per-message cost (a kernel wake-up and a round trip, ~0.3 ms on small
     machines) over several steps: cheap envs, or more envs than cores, step faster that way. An env that
-    raises or returns NaN is reset alone; a worker that dies takes its envs with it, and each is reported
-    and reset when it is next used.
+    raises or returns NaN is reset alone; a worker that dies takes its envs with it: each is reported and
+    reset, by the step or reset that found the worker dead or else at its own next step.
     """
 
     def __init__(self, factory: EnvFactory, num_envs: int = 1, seed: int = 0, autoreset: bool = False,
@@ -444,9 +451,8 @@ class WorkerVectorEnv(VectorEnv):
         self._lost: set[int] = set()
         """Envs whose worker died while serving others: rebuilt but not reset, so they must fail once."""
         workers = len(self._members)
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         # With more workers than CPUs a polling worker would take CPU time from one that is stepping.
-        self._spin_s = spin_s if workers <= cpus else 0.0
+        self._spin_s = spin_s if workers <= usable_cpus() else 0.0
         self._ctx = _mp_context()
         self._start_timeout = start_timeout
         self._procs: list[Any] = [None] * workers
@@ -604,17 +610,21 @@ def make_vector_env(factory: EnvFactory, num_envs: int, seed: int = 0, backend: 
                     envs_per_worker: int = 1) -> VectorEnv:
     """Batch ``num_envs`` envs from ``factory``.
 
-    ``backend``: ``inprocess``, ``workers`` (worker processes with ``envs_per_worker`` envs each) or ``auto``
-    (workers when there are several envs and more than one CPU). ``name`` and ``max_episode_steps`` override
-    the task name and time limit of the env's own spec; ``spin_s`` is how long idle workers poll before
-    blocking (0: block at once).
+    ``backend``: ``inprocess``, ``workers`` (worker processes with ``envs_per_worker`` envs each; 0 spreads
+    the envs evenly over the usable CPUs, one worker per CPU) or ``auto`` (workers when there are several
+    envs and more than one CPU). ``name`` and ``max_episode_steps`` override the task name and time limit
+    of the env's own spec; ``spin_s`` is how long idle workers poll before blocking (0: block at once).
     """
     if num_envs < 1:
         raise ConfigError(f"num_envs must be at least 1, got {num_envs}")
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if envs_per_worker < 0:
+        raise ConfigError(f"envs_per_worker must be >= 0 (0: spread the envs over the CPUs), got {envs_per_worker}")
     if backend == "auto":
-        backend = "workers" if num_envs > 1 and (mp.cpu_count() or 1) > 1 else "inprocess"
+        backend = "workers" if num_envs > 1 and usable_cpus() > 1 else "inprocess"
+    if envs_per_worker == 0:
+        envs_per_worker = -(-num_envs // usable_cpus())
     env: VectorEnv
     if backend == "workers":
         env = WorkerVectorEnv(factory, num_envs, seed, autoreset, spin_s=spin_s,

@@ -7,6 +7,7 @@ from functools import partial
 
 import numpy as np
 import pytest
+from robopol.sim import vector
 from robopol.sim.toy import PointMassSim
 from robopol.sim.vector import InProcessVectorEnv, WorkerVectorEnv, make_vector_env
 
@@ -245,5 +246,18 @@ def test_backend_and_size_are_checked():
         make_vector_env(PointMassSim, num_envs=1, backend="gpu")
     with pytest.raises(ConfigError, match="num_envs must be at least 1"):
         make_vector_env(PointMassSim, num_envs=0)
-    with pytest.raises(ConfigError, match="envs_per_worker must be between 1 and 255, got 0"):
-        make_vector_env(PointMassSim, num_envs=2, backend="workers", envs_per_worker=0)
+    with pytest.raises(ConfigError, match=r"envs_per_worker must be >= 0 \(0: spread the envs over the CPUs\), got -1"):
+        make_vector_env(PointMassSim, num_envs=2, backend="workers", envs_per_worker=-1)
+    with pytest.raises(ConfigError, match="envs_per_worker must be between 1 and 255, got 256"):
+        WorkerVectorEnv(PointMassSim, num_envs=2, envs_per_worker=256)
+
+
+@pytest.mark.parametrize("cpus,num_envs,sizes", [(2, 5, [3, 2]), (2, 2, [1, 1]), (4, 10, [3, 3, 3, 1]),
+                                                 (8, 3, [1, 1, 1])])
+def test_envs_per_worker_zero_spreads_the_envs_over_the_cpus(monkeypatch, cpus, num_envs, sizes):
+    monkeypatch.setattr(vector, "usable_cpus", lambda: cpus)
+    env = make_vector_env(PointMassSim, num_envs=num_envs, backend="workers", envs_per_worker=0)
+    try:
+        assert [len(m) for m in env._members] == sizes
+    finally:
+        env.close()
