@@ -21,6 +21,7 @@ saves a kernel wake-up per message.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import pickle
@@ -445,9 +446,9 @@ class WorkerVectorEnv(VectorEnv):
             raise ConfigError(f"envs_per_worker must be between 1 and {MAX_ENVS_PER_WORKER}, got {envs_per_worker}")
         self._factory = factory
         # Worker w hosts envs w*k ... w*k + k-1 (the last one fewer when k does not divide num_envs).
+        self._envs_per_worker = envs_per_worker
         self._members = [list(range(a, min(a + envs_per_worker, num_envs)))
                          for a in range(0, num_envs, envs_per_worker)]
-        self._worker_of = [i // envs_per_worker for i in range(num_envs)]
         self._lost: set[int] = set()
         """Envs whose worker died while serving others: rebuilt but not reset, so they must fail once."""
         workers = len(self._members)
@@ -512,7 +513,7 @@ class WorkerVectorEnv(VectorEnv):
                 outs[i] = _Failure("its worker process died while serving another env; the env was rebuilt")
                 continue
             self._lost.discard(i)
-            calls.setdefault(self._worker_of[i], []).append((i, arg))
+            calls.setdefault(i // self._envs_per_worker, []).append((i, arg))
         died: dict[int, str] = {}
         for w, wcalls in calls.items():
             first = self._members[w][0]
@@ -624,7 +625,7 @@ def make_vector_env(factory: EnvFactory, num_envs: int, seed: int = 0, backend: 
     if backend == "auto":
         backend = "workers" if num_envs > 1 and usable_cpus() > 1 else "inprocess"
     if envs_per_worker == 0:
-        envs_per_worker = -(-num_envs // usable_cpus())
+        envs_per_worker = math.ceil(num_envs / usable_cpus())
     env: VectorEnv
     if backend == "workers":
         env = WorkerVectorEnv(factory, num_envs, seed, autoreset, spin_s=spin_s,
