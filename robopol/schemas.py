@@ -177,7 +177,10 @@ class OFQLConfig(OfflineRLConfig):
     name: str = "ofql"
     _target_: str = "robopol.algos.ofql.OFQL"
     eta: float = 0.1
-    """Weight of the actor's Q term relative to the flow BC loss (alpha = eta / mean|Q|)."""
+    """Weight of the actor's Q term relative to the flow BC loss (alpha = eta / mean|Q|, or eta / q_scale)."""
+    q_scale: float = 0.0
+    """0: normalise the Q term by the batch's mean |Q| (OFQL); > 0: by this fixed scale, e.g. 1/(1-gamma)
+    for rewards in [-1, 0], so alpha cannot grow when an exploited critic's |Q| shrinks."""
     ema_decay: float = 0.995
     """EMA of the policy: the target actor of the TD target and the evaluated policy."""
     q_agg: str = "min"
@@ -228,6 +231,40 @@ class ALOEConfig(OfflineRLConfig):
     """Read the store's per-step 'intervention' flags (human takeovers in a mixed buffer)."""
     intervention_weight: float = 1.0
     """Weight floor of chunks holding a human-intervention step (0: weighted like any chunk)."""
+
+
+@dataclass
+class RL100Config(OfflineRLConfig):
+    """RL-100's offline stage: IQL critics, PPO over the last DDIM steps against an OPE-gated reference (§7)."""
+
+    name: str = "rl100"
+    _target_: str = "robopol.algos.rl100.RL100"
+    critic_hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    """Hidden widths of the critic and value MLPs."""
+    expectile: float = 0.7
+    """Expectile tau of IQL's value loss."""
+    bc_steps: int = 5000
+    """Imitation updates before PPO starts (RL-100's stage 1); 0 starts PPO from the initial weights."""
+    ppo_lr: float = 1e-5
+    """Adam rate of the policy during PPO (DPPO's fine-tuning rate); lr serves imitation and the critics."""
+    ft_steps: int = 5
+    """Fine-tuned (last) DDIM steps; the earlier ones run the frozen imitation network."""
+    sampling_std: float = 0.1
+    """Exploration std added at each fine-tuned step of the reference's chain."""
+    logprob_std: float = 0.1
+    """Floor of the std in the step log-densities."""
+    clip: float = 0.01
+    """PPO clip of the last (cleanest) denoising step."""
+    clip_base: float = 0.001
+    """PPO clip of the noisiest fine-tuned step."""
+    clip_rate: float = 3.0
+    """Exponential rate from clip_base to clip (0: linear)."""
+    gamma_denoise: float = 0.99
+    """Advantage discount per denoising step away from the last."""
+    gate_every: int = 100
+    """PPO updates between OPE gate decisions."""
+    gate_margin: float = 0.0
+    """How much the policy's critic estimate must exceed the reference's to replace it."""
 
 
 @dataclass
@@ -620,7 +657,7 @@ class BenchCommand:
     data: str = ""
     """offline: the episode store (with rewards) every algorithm trains on; scale: a store to train on instead of collected demonstrations."""
     algos: list[str] = field(default_factory=lambda: ["bc", "qc", "dqc", "ofql"])
-    """offline: algorithms to run (bc, qc, qc_fql, dqc, ofql, iql, aloe); bc is the baseline."""
+    """offline: algorithms to run (bc, qc, qc_fql, dqc, ofql, iql, aloe, rl100); bc is the baseline."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """offline, online: seeds of every algorithm."""
     tasks: list[str] = field(default_factory=lambda: ["hopper", "halfcheetah"])
@@ -737,7 +774,7 @@ def group_schemas() -> dict[str, dict[str, type]]:
         "task": TASK_SCHEMAS,
         "policy": POLICY_SCHEMAS,
         "algo": {"bc": BCConfig, "distill": DistillConfig, "qc": QCConfig, "dqc": DQCConfig, "ofql": OFQLConfig,
-                 "iql": IQLConfig, "aloe": ALOEConfig, "ppo": PPOConfig,
+                 "iql": IQLConfig, "aloe": ALOEConfig, "rl100": RL100Config, "ppo": PPOConfig,
                  "policyflow": PolicyFlowConfig, "dppo": DPPOConfig},
         "robot": {"robot": RobotConfig},
     }

@@ -51,6 +51,8 @@ RECIPES: dict[str, list[str]] = {
     "ofql": ["algo=ofql", "policy=meanflow", "algo.eta=0.5"],
     "iql": ["algo=iql", "policy=flow_mlp", "algo.ema_decay=0.999"],
     "aloe": ["algo=aloe", "policy=flow_mlp", "algo.ema_decay=0.999"],
+    # imitation for the first half of the run (algo.bc_steps, set below), then gated PPO from it
+    "rl100": ["algo=rl100", "policy=diffusion_mlp", "algo.ema_decay=0.999"],
 }
 
 
@@ -90,6 +92,7 @@ def bench_offline(cfg: DictConfig) -> list[dict[str, Any]]:
             small_critic = ["algo.critic_hidden_dims=[32,32]"] if quick and algo != "bc" else []
             overrides = [*RECIPES[algo], *common, f"seed={seed}", *small_critic,
                          *([f"algo.chunk_horizon={cfg.dqc_horizon}"] if algo == "dqc" else []),
+                         *([f"algo.bc_steps={steps // 2}"] if algo == "rl100" else []),
                          *_extra_for(algo, cfg.extra)]
             if _checkpoint_step(run) > 0:  # an interrupted run continues where it stopped
                 overrides.append(f"resume={run.resolve()}")

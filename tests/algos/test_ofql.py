@@ -118,6 +118,20 @@ def test_actor_loss_alpha_is_eta_over_mean_abs_q_of_the_one_step_chunk():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_actor_loss_with_a_fixed_q_scale_uses_eta_over_it_whatever_the_critic_values():
+    policy = meanflow()
+    g = torch.Generator().manual_seed(0)
+    bc_batch = {"obs": torch.randn(4, 1, 1, generator=g), "action": torch.rand(4, 2, 1, generator=g) * 2 - 1,
+                "action_is_pad": torch.zeros(4, 2, dtype=torch.bool)}
+    for offset in (-90.0, -5.0):  # an exploited critic's |Q| shrinks: alpha must not follow it
+        critic = FixedCritic(lambda obs, chunk, c=offset: torch.stack([chunk.sum((1, 2)) + c]))
+        loss, metrics = actor_loss(policy, critic, bc_batch, eta=2.0, generator=torch.Generator().manual_seed(7),
+                                   q_scale=100.0)
+        bc, _ = policy.loss(bc_batch, torch.Generator().manual_seed(7))
+        assert metrics["alpha"] == pytest.approx(0.02)
+        assert loss.item() == pytest.approx(bc.item() - 0.02 * metrics["actor_q"], rel=1e-5)
+
+
 # ------------------------------------------------------------------ critic loss
 
 
@@ -173,7 +187,7 @@ def random_batch(batch: int = 8) -> dict[str, torch.Tensor]:
 
 
 def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(monkeypatch):
-    algo = OFQL(meanflow(), 10, critic_hidden_dims=(8,), ema_decay=0.9, tau=0.5, eta=0.3)
+    algo = OFQL(meanflow(), 10, critic_hidden_dims=(8,), ema_decay=0.9, tau=0.5, eta=0.3, q_scale=50.0)
     with torch.no_grad():  # make the EMA actor differ from the trained policy
         for p in algo.ema.parameters():
             p.add_(0.1)
@@ -183,10 +197,10 @@ def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(m
         seen.update(critic=critic, target_critic=target_critic, target_actor=target_actor, weight=weight, q_agg=q_agg)
         return critic_loss(critic, target_critic, target_actor, batch, weight, generator, q_agg)
 
-    def actor_spy(policy, critic, bc_batch, eta, generator=None):
-        seen.update(actor_policy=policy, actor_critic=critic, eta=eta,
+    def actor_spy(policy, critic, bc_batch, eta, generator=None, q_scale=0.0):
+        seen.update(actor_policy=policy, actor_critic=critic, eta=eta, q_scale=q_scale,
                     critic_frozen=not any(p.requires_grad for p in critic.parameters()))
-        return actor_loss(policy, critic, bc_batch, eta, generator)
+        return actor_loss(policy, critic, bc_batch, eta, generator, q_scale)
 
     monkeypatch.setattr(ofql_module, "critic_loss", critic_spy)
     monkeypatch.setattr(ofql_module, "actor_loss", actor_spy)
@@ -196,6 +210,7 @@ def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(m
     assert seen["target_actor"] is algo.ema and algo.ema is not algo.policy and seen["q_agg"] == "min"
     torch.testing.assert_close(seen["weight"], torch.tensor([1.0] * 7 + [0.0]))  # drop_truncated
     assert seen["actor_policy"] is algo.policy and seen["actor_critic"] is algo.critic and seen["eta"] == 0.3
+    assert seen["q_scale"] == 50.0
     assert seen["critic_frozen"] and all(p.requires_grad for p in algo.critic.parameters())
     assert {"loss", "policy_loss", "critic_loss", "alpha", "actor_q", "meanflow_mse"} <= set(metrics)
     for e, e_old, p in zip(algo.ema.parameters(), old_ema.parameters(), algo.policy.parameters(), strict=True):
@@ -213,8 +228,10 @@ def test_config_errors():
         OFQL(meanflow(), 10, ema_decay=0.0)
     with pytest.raises(ValueError, match=r"algo.ema_decay must be in \[0, 1\), got 1.0"):
         OFQL(meanflow(), 10, ema_decay=1.0)
-    with pytest.raises(ValueError, match="algo.eta must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="algo.eta and algo.q_scale must be >= 0, got -1.0 and 0.0"):
         OFQL(meanflow(), 10, eta=-1.0)
+    with pytest.raises(ValueError, match="algo.eta and algo.q_scale must be >= 0, got 0.1 and -100.0"):
+        OFQL(meanflow(), 10, q_scale=-100.0)
     with pytest.raises(ValueError, match="algo.q_agg must be one of min, mean, got 'max'"):
         OFQL(meanflow(), 10, q_agg="max")
 
