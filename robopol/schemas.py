@@ -181,6 +181,8 @@ class OFQLConfig(OfflineRLConfig):
     q_scale: float = 0.0
     """0: normalise the Q term by the batch's mean |Q| (OFQL); > 0: by this fixed scale, e.g. 1/(1-gamma)
     for rewards in [-1, 0], so alpha cannot grow when an exploited critic's |Q| shrinks."""
+    actor_q_agg: str = "mean"
+    """Ensemble aggregation in the actor's Q term: mean (OFQL) or min (pessimistic, SAC-N / EDAC)."""
     ema_decay: float = 0.995
     """EMA of the policy: the target actor of the TD target and the evaluated policy."""
     q_agg: str = "min"

@@ -60,13 +60,14 @@ def critic_loss(critic: CriticEnsemble, target_critic: CriticEnsemble, target_ac
 
 
 def actor_loss(policy: MeanFlowPolicy, critic: CriticEnsemble, bc_batch: dict[str, torch.Tensor], eta: float,
-               generator: torch.Generator | None = None, q_scale: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """``L_FBC - alpha * mean Q(s, clip(a_theta(s, eps)))``, ``alpha = eta / stopgrad(mean |Q|)``, or
-    ``eta / q_scale`` with a fixed ``q_scale > 0``."""
+               generator: torch.Generator | None = None, q_scale: float = 0.0,
+               actor_q_agg: str = "mean") -> tuple[torch.Tensor, dict]:
+    """``L_FBC - alpha * mean agg Q(s, clip(a_theta(s, eps)))`` (``agg`` over the critics: ``actor_q_agg``),
+    ``alpha = eta / stopgrad(mean |Q|)``, or ``eta / q_scale`` with a fixed ``q_scale > 0``."""
     bc, metrics = policy.loss(bc_batch, generator)
     obs = bc_batch["obs"]
     chunk = clip_action(one_step_chunk(policy, obs, draw_noise(policy, obs.shape[0], obs, generator)))
-    q = critic(obs, chunk).mean(dim=0)
+    q = aggregate(critic(obs, chunk), actor_q_agg)
     alpha = q.new_tensor(eta / q_scale) if q_scale > 0 else q_loss_scale(q, eta)
     loss = bc - alpha * q.mean()
     return loss, {**metrics, "actor_q": q.mean().item(), "alpha": alpha.item()}
@@ -82,7 +83,8 @@ class OFQL(OfflineRL):
                  gamma: float = 0.99, tau: float = 0.005, reward: str = "store", eta: float = 0.1,
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512),
                  layer_norm: bool = True, ema_decay: float = 0.995, grad_clip: float = 0.0,
-                 drop_truncated: bool = True, q_agg: str = "min", q_scale: float = 0.0) -> None:
+                 drop_truncated: bool = True, q_agg: str = "min", q_scale: float = 0.0,
+                 actor_q_agg: str = "mean") -> None:
         if not isinstance(policy, MeanFlowPolicy):
             raise ValueError(f"OFQL trains the mean-flow head: use policy=meanflow, got {type(policy).__name__}")
         if ema_decay <= 0:
@@ -90,10 +92,11 @@ class OFQL(OfflineRL):
         if eta < 0 or q_scale < 0:
             raise ValueError(f"algo.eta and algo.q_scale must be >= 0, got {eta} and {q_scale}")
         check_choice("algo.q_agg", q_agg, AGGREGATIONS)
+        check_choice("algo.actor_q_agg", actor_q_agg, AGGREGATIONS)
         super().__init__(policy, total_steps, name=name, lr=lr, gamma=gamma, tau=tau, reward=reward,
                          critic_horizon=policy.horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
-        self.eta, self.q_agg, self.q_scale = eta, q_agg, q_scale
+        self.eta, self.q_agg, self.q_scale, self.actor_q_agg = eta, q_agg, q_scale, actor_q_agg
         self.critic = build_critic(policy, policy.horizon, num_critics, critic_hidden_dims, layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.nets = {"critic": self.critic, "critic_target": self.critic_target}
@@ -106,7 +109,7 @@ class OFQL(OfflineRL):
         self.step("critic", loss)
         self.critic.requires_grad_(False)  # the actor's Q term trains the policy only
         policy_loss, actor_metrics = actor_loss(self.policy, self.critic, self.policy_batch(batch), self.eta,
-                                                 q_scale=self.q_scale)
+                                                 q_scale=self.q_scale, actor_q_agg=self.actor_q_agg)
         self.step("policy", policy_loss)
         self.critic.requires_grad_(True)
         polyak_update(self.critic_target, self.critic, self.tau)

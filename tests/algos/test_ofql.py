@@ -132,6 +132,22 @@ def test_actor_loss_with_a_fixed_q_scale_uses_eta_over_it_whatever_the_critic_va
         assert loss.item() == pytest.approx(bc.item() - 0.02 * metrics["actor_q"], rel=1e-5)
 
 
+def test_actor_loss_with_actor_q_agg_min_maximises_the_pessimistic_member():
+    policy = meanflow()
+    # Q_0 = sum of the chunk, Q_1 = 3 sum + 1: the min is Q_0 where sum > -0.5
+    critic = FixedCritic(lambda obs, chunk: torch.stack([chunk.sum((1, 2)), 3 * chunk.sum((1, 2)) + 1]))
+    g = torch.Generator().manual_seed(0)
+    bc_batch = {"obs": torch.randn(6, 1, 1, generator=g), "action": torch.rand(6, 2, 1, generator=g) * 2 - 1,
+                "action_is_pad": torch.zeros(6, 2, dtype=torch.bool)}
+    loss, metrics = actor_loss(policy, critic, bc_batch, eta=1.0, generator=torch.Generator().manual_seed(7),
+                               q_scale=10.0, actor_q_agg="min")
+    total = critic.chunks[0].sum((1, 2))
+    q = torch.minimum(total, 3 * total + 1)
+    assert metrics["actor_q"] == pytest.approx(q.mean().item(), rel=1e-5)
+    bc, _ = policy.loss(bc_batch, torch.Generator().manual_seed(7))
+    assert loss.item() == pytest.approx(bc.item() - 0.1 * q.mean().item(), rel=1e-5)
+
+
 # ------------------------------------------------------------------ critic loss
 
 
@@ -197,10 +213,10 @@ def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(m
         seen.update(critic=critic, target_critic=target_critic, target_actor=target_actor, weight=weight, q_agg=q_agg)
         return critic_loss(critic, target_critic, target_actor, batch, weight, generator, q_agg)
 
-    def actor_spy(policy, critic, bc_batch, eta, generator=None, q_scale=0.0):
-        seen.update(actor_policy=policy, actor_critic=critic, eta=eta, q_scale=q_scale,
+    def actor_spy(policy, critic, bc_batch, eta, generator=None, q_scale=0.0, actor_q_agg="mean"):
+        seen.update(actor_policy=policy, actor_critic=critic, eta=eta, q_scale=q_scale, actor_q_agg=actor_q_agg,
                     critic_frozen=not any(p.requires_grad for p in critic.parameters()))
-        return actor_loss(policy, critic, bc_batch, eta, generator, q_scale)
+        return actor_loss(policy, critic, bc_batch, eta, generator, q_scale, actor_q_agg)
 
     monkeypatch.setattr(ofql_module, "critic_loss", critic_spy)
     monkeypatch.setattr(ofql_module, "actor_loss", actor_spy)
@@ -210,7 +226,7 @@ def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(m
     assert seen["target_actor"] is algo.ema and algo.ema is not algo.policy and seen["q_agg"] == "min"
     torch.testing.assert_close(seen["weight"], torch.tensor([1.0] * 7 + [0.0]))  # drop_truncated
     assert seen["actor_policy"] is algo.policy and seen["actor_critic"] is algo.critic and seen["eta"] == 0.3
-    assert seen["q_scale"] == 50.0
+    assert seen["q_scale"] == 50.0 and seen["actor_q_agg"] == "mean"
     assert seen["critic_frozen"] and all(p.requires_grad for p in algo.critic.parameters())
     assert {"loss", "policy_loss", "critic_loss", "alpha", "actor_q", "meanflow_mse"} <= set(metrics)
     for e, e_old, p in zip(algo.ema.parameters(), old_ema.parameters(), algo.policy.parameters(), strict=True):
@@ -234,6 +250,8 @@ def test_config_errors():
         OFQL(meanflow(), 10, q_scale=-100.0)
     with pytest.raises(ValueError, match="algo.q_agg must be one of min, mean, got 'max'"):
         OFQL(meanflow(), 10, q_agg="max")
+    with pytest.raises(ValueError, match="algo.actor_q_agg must be one of min, mean, got 'median'"):
+        OFQL(meanflow(), 10, actor_q_agg="median")
 
 
 # ------------------------------------------------------------------ end to end on the toy task
