@@ -183,6 +183,10 @@ class OFQLConfig(OfflineRLConfig):
     for rewards in [-1, 0], so alpha cannot grow when an exploited critic's |Q| shrinks."""
     actor_q_agg: str = "mean"
     """Ensemble aggregation in the actor's Q term: mean (OFQL) or min (pessimistic, SAC-N / EDAC)."""
+    backup: str = "actor"
+    """TD target: actor (OFQL: the target actor's next chunk) or expectile (IQL's in-sample V backup)."""
+    expectile: float = 0.9
+    """backup=expectile: expectile tau of the value loss (IQL on OGBench: 0.9)."""
     ema_decay: float = 0.995
     """EMA of the policy: the target actor of the TD target and the evaluated policy."""
     q_agg: str = "min"

@@ -23,12 +23,15 @@ import copy
 import torch
 from torch import nn
 
+from robopol.algos.iql import q_loss, value_loss
 from robopol.algos.offline import OfflineRL, build_critic, clip_action
 from robopol.critics import aggregate, chunk_td_target, polyak_update, q_loss_scale, td_loss
 from robopol.critics.losses import AGGREGATIONS
 from robopol.critics.nets import CriticEnsemble
 from robopol.policies.base import check_choice
 from robopol.policies.meanflow import MeanFlowPolicy
+
+BACKUPS = ("actor", "expectile")
 
 
 def one_step_chunk(policy: MeanFlowPolicy, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -84,7 +87,7 @@ class OFQL(OfflineRL):
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512),
                  layer_norm: bool = True, ema_decay: float = 0.995, grad_clip: float = 0.0,
                  drop_truncated: bool = True, q_agg: str = "min", q_scale: float = 0.0,
-                 actor_q_agg: str = "mean") -> None:
+                 actor_q_agg: str = "mean", backup: str = "actor", expectile: float = 0.9) -> None:
         if not isinstance(policy, MeanFlowPolicy):
             raise ValueError(f"OFQL trains the mean-flow head: use policy=meanflow, got {type(policy).__name__}")
         if ema_decay <= 0:
@@ -93,6 +96,9 @@ class OFQL(OfflineRL):
             raise ValueError(f"algo.eta and algo.q_scale must be >= 0, got {eta} and {q_scale}")
         check_choice("algo.q_agg", q_agg, AGGREGATIONS)
         check_choice("algo.actor_q_agg", actor_q_agg, AGGREGATIONS)
+        check_choice("algo.backup", backup, BACKUPS)
+        if not 0.0 < expectile < 1.0:
+            raise ValueError(f"algo.expectile must be in (0, 1), got {expectile}")
         super().__init__(policy, total_steps, name=name, lr=lr, gamma=gamma, tau=tau, reward=reward,
                          critic_horizon=policy.horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
@@ -101,11 +107,22 @@ class OFQL(OfflineRL):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.nets = {"critic": self.critic, "critic_target": self.critic_target}
         self.optimizers = {"critic": self.adam(self.critic), "policy": self.adam(policy)}
+        self.backup, self.expectile = backup, expectile
+        if backup == "expectile":
+            self.value = build_critic(policy, 0, 1, critic_hidden_dims, layer_norm)
+            self.nets["value"] = self.value
+            self.optimizers["value"] = self.adam(self.value)
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.policy.train()
-        loss, metrics = critic_loss(self.critic, self.critic_target, self.ema, batch, self.critic_weight(batch),
-                                    q_agg=self.q_agg)
+        weight = self.critic_weight(batch)
+        if self.backup == "expectile":  # IQL's in-sample backup: no policy chunk in any target
+            loss_v, metrics = value_loss(self.value, self.critic_target, batch, self.expectile, weight)
+            self.step("value", loss_v)
+            loss, q_metrics = q_loss(self.critic, self.value, batch, weight)
+            metrics.update(q_metrics)
+        else:
+            loss, metrics = critic_loss(self.critic, self.critic_target, self.ema, batch, weight, q_agg=self.q_agg)
         self.step("critic", loss)
         self.critic.requires_grad_(False)  # the actor's Q term trains the policy only
         policy_loss, actor_metrics = actor_loss(self.policy, self.critic, self.policy_batch(batch), self.eta,

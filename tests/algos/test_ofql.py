@@ -237,6 +237,24 @@ def test_update_uses_the_ema_actor_and_target_critics_then_moves_both_averages(m
     assert algo.eval_policy() is algo.ema
 
 
+def test_expectile_backup_bootstraps_from_the_value_net_and_never_asks_the_actor(monkeypatch):
+    algo = OFQL(meanflow(), 10, critic_hidden_dims=(8,), backup="expectile", expectile=0.8)
+    monkeypatch.setattr(ofql_module, "critic_loss", lambda *a, **k: pytest.fail("the actor-based target ran"))
+    batch = random_batch()
+    with torch.no_grad():
+        expected_v = algo.value(batch["obs"])[0]
+    before = [p.clone() for p in algo.value.parameters()]
+    metrics = algo.update(batch)
+    assert metrics["v_mean"] == pytest.approx(expected_v.mean().item(), rel=1e-5)
+    # Q's target uses the value net after its own step
+    with torch.no_grad():
+        v_next = algo.value(batch["next_obs"])[0]
+    target = batch["reward_sum"] + batch["discount"] * batch["mask"].float() * v_next
+    assert metrics["target_mean"] == pytest.approx(target.mean().item(), rel=1e-4)
+    assert any(not torch.equal(a, b) for a, b in zip(before, algo.value.parameters(), strict=True))
+    assert "value" in algo.nets and "value" in algo.optimizers
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="OFQL trains the mean-flow head: use policy=meanflow, got FlowPolicy"):
         OFQL(FlowPolicy(1, 1, obs_steps=1, horizon=2, action_steps=2, backbone="mlp", hidden_dims=[8]), 10)
@@ -252,6 +270,10 @@ def test_config_errors():
         OFQL(meanflow(), 10, q_agg="max")
     with pytest.raises(ValueError, match="algo.actor_q_agg must be one of min, mean, got 'median'"):
         OFQL(meanflow(), 10, actor_q_agg="median")
+    with pytest.raises(ValueError, match="algo.backup must be one of actor, expectile, got 'sarsa'"):
+        OFQL(meanflow(), 10, backup="sarsa")
+    with pytest.raises(ValueError, match=r"algo.expectile must be in \(0, 1\), got 1.0"):
+        OFQL(meanflow(), 10, backup="expectile", expectile=1.0)
 
 
 # ------------------------------------------------------------------ end to end on the toy task
