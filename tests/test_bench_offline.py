@@ -87,3 +87,16 @@ def test_a_failing_worker_run_is_reported_with_its_log(tmp_path, toy_store):
     assert "training failed for" in proc.stderr and "seed0.log" in proc.stderr
     log = (tmp_path / "b" / "offline" / "point_reach" / "qc" / "seed0.log").read_text()
     assert "algo.q_agg must be one of min, mean, got 'max'" in log
+
+
+def test_rl100_imitates_for_the_first_half_of_the_bench_run_then_runs_gated_ppo(tmp_path, toy_store):
+    from robopol.checkpoint import load_checkpoint
+
+    out = tmp_path / "bench"
+    run_cli("bench", "offline", "quick=true", "task=point_reach", f"data={toy_store}", "algos=[rl100]",
+            "seeds=[0]", f"out_dir={out}", cwd=tmp_path, check=True)
+    run = out / "offline" / "point_reach" / "rl100" / "seed0"
+    assert load_checkpoint(run).config.algo.bc_steps == 20  # quick: 40 steps
+    records = read_metrics(run / "metrics.jsonl")
+    assert any("train/ppo_loss" in r for r in records)  # the PPO phase ran after the 20 imitation steps
+    assert json.loads((out / "offline_point_reach.json").read_text())["rows"][0]["algo"] == "rl100"

@@ -14,6 +14,11 @@ The chunk TD target uses the sampler's fields, so ``policy.horizon=1`` is OFQL o
 horizons are chunked critics as in QC. The clipped chunk the actor's Q term sees is exactly the kind of
 chunk the target uses (algorithms.md §0). Deviation: DQL updates its EMA actor every 5 steps after a 1000-step
 delay; here the EMA moves every step (``ema_decay``), which needs no extra schedule.
+
+Options beyond OFQL, for data where its actor exploits the critic (docs/offline-rl.md, cube-single play):
+``q_scale > 0`` fixes ``alpha = eta / q_scale``; ``actor_q_agg=min`` maximises the most pessimistic critic;
+``backup=expectile`` replaces the actor-based TD target by IQL's in-sample one (expectile V over the dataset
+chunks, Q backed up onto V), so that no target evaluates an actor chunk.
 """
 
 from __future__ import annotations
