@@ -168,7 +168,7 @@ class RL100(OfflineRL):
     def start_improvement(self) -> None:
         """The end of imitation: the (EMA) policy becomes the trained network, the frozen early steps and the
         reference; the policy's learning rate drops to ``ppo_lr``."""
-        imitation = self.behaviour_policy().state_dict()
+        imitation = (self.ema if self.ema is not None else self.policy).state_dict()
         for net in (self.policy, self.frozen, self.reference):
             net.load_state_dict(imitation)
         for group in self.optimizers["policy"].param_groups:
@@ -198,6 +198,10 @@ class RL100(OfflineRL):
             self.start_improvement()
 
     # ------------------------------------------------------------------ trainer interface
+
+    def behaviour_policy(self) -> nn.Module:
+        """The imitation policy (its EMA), then the reference: what the validation loss scores."""
+        return self.reference if self.improving else super().behaviour_policy()
 
     def eval_policy(self) -> nn.Module:
         if not self.improving:

@@ -105,6 +105,7 @@ def test_imitation_then_the_ema_becomes_policy_frozen_and_reference_and_the_rate
     assert algo.optimizers["policy"].param_groups[0]["lr"] == 1e-5
     deployed = algo.eval_policy()
     assert isinstance(deployed, FinetunedDiffusion) and deployed.policy is algo.reference
+    assert algo.behaviour_policy() is algo.reference  # the validation loss scores what is deployed
     metrics = algo.update(batch)  # a PPO update
     assert {"ppo_loss", "approx_kl", "gate_accepted"} <= set(metrics)
     moved = [not torch.equal(a, b) for a, b in zip(algo.policy.parameters(), algo.reference.parameters(), strict=True)]
