@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,6 +70,40 @@ def step_clips(ft_steps: int, clip_base: float, clip: float, rate: float) -> tor
     u = torch.arange(ft_steps, dtype=torch.float64) / (ft_steps - 1)
     growth = (torch.exp(rate * u) - 1) / math.expm1(rate) if rate > 0 else u
     return (clip_base + (clip - clip_base) * growth).float()
+
+
+@dataclass(frozen=True)
+class DenoisingSteps:
+    """The fine-tuned end of a DDIM chain, as DPPO and RL-100's offline PPO train it: the ``ft_steps`` last
+    steps, their exploration std, the log-density std floor, the chain's levels (all and fine-tuned), the clip
+    of each fine-tuned step and its advantage weight ``gamma_denoise ** (K' - 1 - k)``."""
+
+    ft_steps: int
+    sampling_std: float
+    logprob_std: float
+    levels: torch.Tensor
+    ft_levels: torch.Tensor
+    clips: torch.Tensor
+    advantage_weights: torch.Tensor
+
+    @classmethod
+    def build(cls, policy: DiffusionPolicy, ft_steps: int, sampling_std: float, logprob_std: float, clip: float,
+              clip_base: float, clip_rate: float, gamma_denoise: float) -> DenoisingSteps:
+        """Check the ``algo.*`` fields against ``policy``'s DDIM chain and derive the per-step tensors."""
+        steps = policy.inference_steps
+        if not 1 <= ft_steps <= steps:
+            raise ValueError(f"algo.ft_steps must be in [1, policy.inference_steps={steps}], got {ft_steps}")
+        if sampling_std <= 0 or logprob_std <= 0:
+            raise ValueError(f"algo.sampling_std and algo.logprob_std must be positive (the step Gaussians need a "
+                             f"std), got {sampling_std} and {logprob_std}")
+        if not 0 < clip_base <= clip:
+            raise ValueError(f"algo.clip_base must be in (0, algo.clip={clip}], got {clip_base}")
+        if not 0 < gamma_denoise <= 1:
+            raise ValueError(f"algo.gamma_denoise must be in (0, 1], got {gamma_denoise}")
+        levels = chain_levels(policy)
+        return cls(ft_steps, sampling_std, max(sampling_std, logprob_std), levels, levels[-ft_steps - 1:],
+                   step_clips(ft_steps, clip_base, clip, clip_rate),
+                   gamma_denoise ** torch.arange(ft_steps - 1, -1, -1, dtype=torch.float32))
 
 
 def step_log_probs(policy: DiffusionPolicy, obs: torch.Tensor, chain: torch.Tensor, levels: torch.Tensor,
@@ -160,30 +195,16 @@ class DPPO(PPO):
         if policy.obs_steps != 1:
             raise ValueError(f"algo=dppo rolls out the current observation only: set policy.obs_steps=1, got "
                              f"{policy.obs_steps}")
-        steps = policy.inference_steps
         if policy.sampler != "ddim":
             raise ValueError(f"algo=dppo fine-tunes the DDIM chain: set policy.sampler=ddim, got {policy.sampler}")
-        if not 1 <= ft_steps <= steps:
-            raise ValueError(f"algo.ft_steps must be in [1, policy.inference_steps={steps}], got {ft_steps}")
-        if sampling_std <= 0 or logprob_std <= 0:
-            raise ValueError(f"algo.sampling_std and algo.logprob_std must be positive (the step Gaussians need a "
-                             f"std), got {sampling_std} and {logprob_std}")
-        if not 0 < clip_base <= self.clip:
-            raise ValueError(f"algo.clip_base must be in (0, algo.clip={self.clip}], got {clip_base}")
-        if not 0 < gamma_denoise <= 1:
-            raise ValueError(f"algo.gamma_denoise must be in (0, 1], got {gamma_denoise}")
+        self.denoising = DenoisingSteps.build(policy, ft_steps, sampling_std, logprob_std, self.clip, clip_base,
+                                              clip_rate, gamma_denoise)
         check_choice("algo.deploy", deploy, DEPLOY)
         if deploy == "student" and not student:
             raise ValueError("algo.deploy=student needs the consistency head: set algo.student=true")
         if student_epochs < 1:
             raise ValueError(f"algo.student_epochs must be at least 1, got {student_epochs}")
-        self.ft_steps, self.sampling_std = ft_steps, sampling_std
-        self.logprob_std = max(sampling_std, logprob_std)
         self.frozen = copy.deepcopy(policy).requires_grad_(False)
-        self.levels = chain_levels(policy)
-        self.ft_levels = self.levels[-ft_steps - 1:]
-        self.clips = step_clips(ft_steps, clip_base, self.clip, clip_rate)
-        self.advantage_weights = gamma_denoise ** torch.arange(ft_steps - 1, -1, -1, dtype=torch.float32)
         self.deploy, self.student_epochs = deploy, student_epochs
         self.student = ConsistencyPolicy(policy.obs_dim, policy.action_dim, policy) if student else None
         self.student_optimizer = (torch.optim.Adam(self.student.parameters(), lr=student_lr)
@@ -201,8 +222,8 @@ class DPPO(PPO):
         total, count = 0.0, 0
         for _ in range(self.student_epochs):
             for idx in torch.randperm(obs.shape[0]).chunk(self.minibatches):
-                loss, _ = student_loss(self.student, self.frozen, self.policy, obs[idx][:, None], self.levels,
-                                       self.ft_steps)
+                loss, _ = student_loss(self.student, self.frozen, self.policy, obs[idx][:, None],
+                                       self.denoising.levels, self.denoising.ft_steps)
                 self.student_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 sync_gradients(self.student.parameters())
@@ -214,27 +235,29 @@ class DPPO(PPO):
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         policy_obs = obs[:, None]
         x = torch.randn(obs.shape[0], self.policy.horizon, self.policy.action_dim)
-        chain = run_chain(self.frozen, self.policy, policy_obs, x, self.levels, self.ft_steps, self.sampling_std)
-        logp = step_log_probs(self.policy, policy_obs, chain, self.ft_levels, self.logprob_std,
+        steps = self.denoising
+        chain = run_chain(self.frozen, self.policy, policy_obs, x, steps.levels, steps.ft_steps, steps.sampling_std)
+        logp = step_log_probs(self.policy, policy_obs, chain, steps.ft_levels, steps.logprob_std,
                               self.policy.action_steps)
         executed = self.policy.to_external(chain[:, -1])[:, :self.policy.action_steps]
         action = executed if self.policy.action_steps > 1 else executed[:, 0]  # a chunk, or one action
         return {"action": action, "logp": logp, "value": self.value(obs), "chain": chain}
 
     def policy_terms(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logp = step_log_probs(self.policy, batch["obs"][:, None], batch["chain"], self.ft_levels, self.logprob_std,
-                              self.policy.action_steps)
+        logp = step_log_probs(self.policy, batch["obs"][:, None], batch["chain"], self.denoising.ft_levels,
+                              self.denoising.logprob_std, self.policy.action_steps)
         return logp, torch.zeros(()), torch.zeros(())  # fixed exploration noise: no entropy to reward
 
     def surrogate(self, logp: torch.Tensor, old_logp: torch.Tensor,
                   advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return clipped_surrogate_loss(logp, old_logp, advantages[:, None] * self.advantage_weights, self.clips)
+        steps = self.denoising
+        return clipped_surrogate_loss(logp, old_logp, advantages[:, None] * steps.advantage_weights, steps.clips)
 
     def policy_kl(self, batch: dict[str, torch.Tensor], approx_kl: float) -> float:
         return approx_kl
 
     def exploration_std(self) -> float:
-        return self.sampling_std
+        return self.denoising.sampling_std
 
     # ------------------------------------------------------------------ trainer interface
 
@@ -245,7 +268,7 @@ class DPPO(PPO):
     def eval_policy(self) -> nn.Module:
         if self.deploy == "student":
             return self.student
-        return FinetunedDiffusion(self.frozen, self.policy, self.ft_steps)
+        return FinetunedDiffusion(self.frozen, self.policy, self.denoising.ft_steps)
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -39,7 +39,7 @@ import functools
 import torch
 from torch import nn
 
-from robopol.algos.dppo import FinetunedDiffusion, chain_levels, run_chain, step_clips, step_log_probs
+from robopol.algos.dppo import DenoisingSteps, FinetunedDiffusion, run_chain, step_log_probs
 from robopol.algos.iql import q_loss, value_loss
 from robopol.algos.offline import OfflineRL, build_critic, clip_action
 from robopol.algos.ope import OPEGate, critic_estimate
@@ -98,29 +98,17 @@ class RL100(OfflineRL):
         if not 0 <= bc_steps < total_steps:
             raise ValueError(f"algo.bc_steps must be in [0, trainer.steps={total_steps}) so that PPO runs, got "
                              f"{bc_steps}")
-        if not 1 <= ft_steps <= policy.inference_steps:
-            raise ValueError(f"algo.ft_steps must be in [1, policy.inference_steps={policy.inference_steps}], got "
-                             f"{ft_steps}")
-        if sampling_std <= 0 or logprob_std <= 0 or ppo_lr <= 0:
-            raise ValueError(f"algo.sampling_std, algo.logprob_std and algo.ppo_lr must be positive, got "
-                             f"{sampling_std}, {logprob_std} and {ppo_lr}")
-        if not 0 < clip_base <= clip:
-            raise ValueError(f"algo.clip_base must be in (0, algo.clip={clip}], got {clip_base}")
-        if not 0 < gamma_denoise <= 1 or not 0.0 < expectile < 1.0:
-            raise ValueError(f"algo.gamma_denoise must be in (0, 1] and algo.expectile in (0, 1), got "
-                             f"{gamma_denoise} and {expectile}")
+        if ppo_lr <= 0 or not 0.0 < expectile < 1.0:
+            raise ValueError(f"algo.ppo_lr must be positive and algo.expectile in (0, 1), got {ppo_lr} and "
+                             f"{expectile}")
         if gate_every < 1:
             raise ValueError(f"algo.gate_every must be at least 1, got {gate_every}")
         super().__init__(policy, total_steps, name=name, lr=lr, gamma=gamma, tau=tau, reward=reward,
                          critic_horizon=policy.horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
         self.expectile, self.bc_steps, self.ppo_lr = expectile, bc_steps, ppo_lr
-        self.ft_steps, self.sampling_std = ft_steps, sampling_std
-        self.logprob_std = max(sampling_std, logprob_std)
-        self.levels = chain_levels(policy)
-        self.ft_levels = self.levels[-ft_steps - 1:]
-        self.clips = step_clips(ft_steps, clip_base, clip, clip_rate)
-        self.advantage_weights = gamma_denoise ** torch.arange(ft_steps - 1, -1, -1, dtype=torch.float32)
+        self.denoising = DenoisingSteps.build(policy, ft_steps, sampling_std, logprob_std, clip, clip_base,
+                                              clip_rate, gamma_denoise)
         self.gate_every, self.gate_margin = gate_every, gate_margin
         self.critic = build_critic(policy, policy.horizon, num_critics, critic_hidden_dims, layer_norm)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -150,10 +138,11 @@ class RL100(OfflineRL):
         polyak_update(self.critic_target, self.critic, self.tau)
         if self.improving:
             obs = batch["obs"]
+            steps = self.denoising
             rollout = reference_rollout(self.frozen, self.reference, self.critic_target, self.value, obs,
-                                        self.levels, self.ft_steps, self.sampling_std, self.logprob_std)
-            policy_loss, actor_metrics = ppo_loss(self.policy, obs, rollout, self.ft_levels, self.logprob_std,
-                                                  self.advantage_weights, self.clips)
+                                        steps.levels, steps.ft_steps, steps.sampling_std, steps.logprob_std)
+            policy_loss, actor_metrics = ppo_loss(self.policy, obs, rollout, steps.ft_levels, steps.logprob_std,
+                                                  steps.advantage_weights, steps.clips)
             self.step("policy", policy_loss)
             if (self.steps - self.bc_steps + 1) % self.gate_every == 0:
                 self.gate(obs)
@@ -179,7 +168,7 @@ class RL100(OfflineRL):
         reference when its score is higher by more than ``gate_margin``."""
         estimate = functools.partial(critic_estimate, critic=self.critic_target, start_obs=obs,
                                      aggregation="min", seed=self.steps)
-        gate = OPEGate(lambda policy: estimate(FinetunedDiffusion(self.frozen, policy, self.ft_steps)),
+        gate = OPEGate(lambda policy: estimate(FinetunedDiffusion(self.frozen, policy, self.denoising.ft_steps)),
                        margin=self.gate_margin)
         reference_score = gate.reset(self.reference)
         accepted = gate.consider(self.policy)
@@ -206,7 +195,7 @@ class RL100(OfflineRL):
     def eval_policy(self) -> nn.Module:
         if not self.improving:
             return self.behaviour_policy()
-        return FinetunedDiffusion(self.frozen, self.reference, self.ft_steps)
+        return FinetunedDiffusion(self.frozen, self.reference, self.denoising.ft_steps)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "gate_stats": dict(self.gate_stats)}

@@ -66,11 +66,11 @@ def test_early_steps_run_the_frozen_network():
     dppo = make_dppo()
     torch.nn.init.normal_(dppo.policy.net.mlp.out.weight, std=0.5)  # now differs from the frozen copy
     obs, x = torch.randn(3, 1, 2), torch.randn(3, 1, 2)
-    chain = run_chain(dppo.frozen, dppo.policy, obs, x, dppo.levels, ft_steps=3, std=0.0)
+    chain = run_chain(dppo.frozen, dppo.policy, obs, x, dppo.denoising.levels, ft_steps=3, std=0.0)
     expected = x
     for i in range(5):
         net = dppo.frozen if i < 2 else dppo.policy
-        expected = net.solver_step(expected, dppo.levels[i].expand(3), dppo.levels[i + 1].expand(3), obs)
+        expected = net.solver_step(expected, dppo.denoising.levels[i].expand(3), dppo.denoising.levels[i + 1].expand(3), obs)
         if i == 1:
             torch.testing.assert_close(chain[:, 0], expected)
     torch.testing.assert_close(chain[:, -1], expected)
@@ -82,7 +82,7 @@ def test_clip_schedule_and_denoising_discount_by_hand():
     torch.testing.assert_close(clips, torch.tensor([0.001 + 0.009 * g for g in growth]))
     torch.testing.assert_close(step_clips(3, 0.001, 0.01, rate=0.0), torch.tensor([0.001, 0.0055, 0.01]))
     torch.testing.assert_close(step_clips(1, 0.001, 0.01, 3.0), torch.tensor([0.01]))
-    torch.testing.assert_close(make_dppo(gamma_denoise=0.5).advantage_weights, torch.tensor([0.25, 0.5, 1.0]))
+    torch.testing.assert_close(make_dppo(gamma_denoise=0.5).denoising.advantage_weights, torch.tensor([0.25, 0.5, 1.0]))
 
 
 def test_rollout_fields_and_an_unchanged_policy_has_ratio_one():
@@ -101,7 +101,7 @@ def test_each_step_is_clipped_at_its_own_epsilon():
     dppo = make_dppo(clip=0.2, clip_base=0.02, clip_rate=0.0)  # clips 0.02, 0.11, 0.2
     logp = torch.log(torch.full((1, 3), 1.5))  # ratio 1.5 at every step
     loss, stats = dppo.surrogate(logp, torch.zeros(1, 3), torch.ones(1))
-    weights = dppo.advantage_weights
+    weights = dppo.denoising.advantage_weights
     expected = -(torch.tensor([1.02, 1.11, 1.2]) * weights).mean()
     torch.testing.assert_close(loss, expected)
     assert stats["clip_fraction"] == 1.0
@@ -199,9 +199,9 @@ def test_student_loss_is_action_matching_against_the_current_chain():
     dppo = make_dppo(student=True)
     torch.nn.init.normal_(dppo.policy.net.mlp.out.weight, std=0.5)
     obs = torch.randn(4, 1, 2)
-    loss, _ = student_loss(dppo.student, dppo.frozen, dppo.policy, obs, dppo.levels, 3, torch.Generator().manual_seed(5))
+    loss, _ = student_loss(dppo.student, dppo.frozen, dppo.policy, obs, dppo.denoising.levels, 3, torch.Generator().manual_seed(5))
     noise = torch.randn((4, 1, 2), generator=torch.Generator().manual_seed(5))
-    goal = run_chain(dppo.frozen, dppo.policy, obs, noise, dppo.levels, 3, 0.0)[:, -1]
+    goal = run_chain(dppo.frozen, dppo.policy, obs, noise, dppo.denoising.levels, 3, 0.0)[:, -1]
     student: ConsistencyPolicy = dppo.student
     one_step = student.consistency(noise, student.head.level_at(1.0).expand(4), obs)
     torch.testing.assert_close(loss, (one_step - goal).pow(2).mean())
@@ -217,7 +217,7 @@ def test_the_student_tracks_the_improving_policy():
         dppo.update(bandit_rollout(dppo))
     obs = torch.rand(256, 1, 2) * 2 - 1
     generator = torch.Generator().manual_seed(0)
-    chain = FinetunedDiffusion(dppo.frozen, dppo.policy, dppo.ft_steps).sample(obs, generator)[:, 0, 0]
+    chain = FinetunedDiffusion(dppo.frozen, dppo.policy, dppo.denoising.ft_steps).sample(obs, generator)[:, 0, 0]
     student = dppo.student.sample(obs, torch.Generator().manual_seed(0))[:, 0, 0]
     untrained = initial.sample(obs, torch.Generator().manual_seed(0))[:, 0, 0]
     reward = -(student.clamp(-1, 1) - obs[:, 0, 0]).pow(2).mean().item()

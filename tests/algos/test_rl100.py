@@ -197,8 +197,10 @@ def test_config_errors():
         RL100(make_policy(), 10, bc_steps=10)
     with pytest.raises(ValueError, match=r"algo.ft_steps must be in \[1, policy.inference_steps=5\], got 6"):
         RL100(make_policy(), 10, bc_steps=2, ft_steps=6)
-    with pytest.raises(ValueError, match="algo.sampling_std, algo.logprob_std and algo.ppo_lr must be positive"):
+    with pytest.raises(ValueError, match=r"algo.ppo_lr must be positive and algo.expectile in \(0, 1\), got 0.0"):
         RL100(make_policy(), 10, bc_steps=2, ppo_lr=0.0)
+    with pytest.raises(ValueError, match="algo.sampling_std and algo.logprob_std must be positive"):
+        RL100(make_policy(), 10, bc_steps=2, sampling_std=0.0)
     with pytest.raises(ValueError, match=r"algo.clip_base must be in \(0, algo.clip=0.01\], got 0.1"):
         RL100(make_policy(), 10, bc_steps=2, clip_base=0.1)
     with pytest.raises(ValueError, match="algo.gate_every must be at least 1, got 0"):
