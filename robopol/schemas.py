@@ -190,7 +190,9 @@ class OFQLConfig(OfflineRLConfig):
     ema_decay: float = 0.995
     """EMA of the policy: the target actor of the TD target and the evaluated policy."""
     q_agg: str = "min"
-    """Ensemble aggregation in the TD target: min (DQL, OFQL) or mean (QC)."""
+    """Ensemble aggregation in the TD target: min (DQL, OFQL) or mean (QC); also scores best_of_n's chunks."""
+    best_of_n: int = 1
+    """Chunks the evaluated policy draws (one batched actor call) for the critic to pick from (DQL); 1: OFQL's single sample."""
 
 
 @dataclass

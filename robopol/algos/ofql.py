@@ -19,17 +19,24 @@ Options beyond OFQL, for data where its actor exploits the critic (docs/offline-
 ``q_scale > 0`` fixes ``alpha = eta / q_scale``; ``actor_q_agg=min`` maximises the most pessimistic critic;
 ``backup=expectile`` replaces the actor-based TD target by IQL's in-sample one (expectile V over the dataset
 chunks, Q backed up onto V), so that no target evaluates an actor chunk.
+
+Inference-time selection (DQL's, which OFQL inherits "as DQL"): with ``best_of_n > 1`` the evaluated and
+deployed policy draws ``best_of_n`` one-step chunks in one batched actor call and executes the one the critic
+values most (:class:`robopol.algos.offline.BestOfN`; DQL samples from a softmax over the Q values, the argmax
+here is IDQL's and QC's form). It costs one batched critic call per chunk on top of the actor's; the
+default ``best_of_n=1`` is OFQL's plain single sample.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
 from robopol.algos.iql import q_loss, value_loss
-from robopol.algos.offline import OfflineRL, build_critic, clip_action
+from robopol.algos.offline import BestOfN, OfflineRL, build_critic, clip_action
 from robopol.critics import aggregate, chunk_td_target, polyak_update, q_loss_scale, td_loss
 from robopol.critics.losses import AGGREGATIONS
 from robopol.critics.nets import CriticEnsemble
@@ -92,7 +99,8 @@ class OFQL(OfflineRL):
                  num_critics: int = 2, critic_hidden_dims: tuple[int, ...] = (512, 512, 512, 512),
                  layer_norm: bool = True, ema_decay: float = 0.995, grad_clip: float = 0.0,
                  drop_truncated: bool = True, q_agg: str = "min", q_scale: float = 0.0,
-                 actor_q_agg: str = "mean", backup: str = "actor", expectile: float = 0.9) -> None:
+                 actor_q_agg: str = "mean", backup: str = "actor", expectile: float = 0.9,
+                 best_of_n: int = 1) -> None:
         if not isinstance(policy, MeanFlowPolicy):
             raise ValueError(f"OFQL trains the mean-flow head: use policy=meanflow, got {type(policy).__name__}")
         if ema_decay <= 0:
@@ -104,6 +112,8 @@ class OFQL(OfflineRL):
         check_choice("algo.backup", backup, BACKUPS)
         if not 0.0 < expectile < 1.0:
             raise ValueError(f"algo.expectile must be in (0, 1), got {expectile}")
+        if best_of_n < 1:
+            raise ValueError(f"algo.best_of_n must be at least 1 (1: OFQL's single sample), got {best_of_n}")
         super().__init__(policy, total_steps, name=name, lr=lr, gamma=gamma, tau=tau, reward=reward,
                          critic_horizon=policy.horizon, ema_decay=ema_decay, grad_clip=grad_clip,
                          drop_truncated=drop_truncated)
@@ -112,7 +122,7 @@ class OFQL(OfflineRL):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.nets = {"critic": self.critic, "critic_target": self.critic_target}
         self.optimizers = {"critic": self.adam(self.critic), "policy": self.adam(policy)}
-        self.backup, self.expectile = backup, expectile
+        self.backup, self.expectile, self.best_of_n = backup, expectile, best_of_n
         if backup == "expectile":
             self.value = build_critic(policy, 0, 1, critic_hidden_dims, layer_norm)
             self.nets["value"] = self.value
@@ -137,3 +147,18 @@ class OFQL(OfflineRL):
         polyak_update(self.critic_target, self.critic, self.tau)
         self.after_update()
         return {"loss": loss.item(), "policy_loss": policy_loss.item(), **metrics, **actor_metrics}
+
+    def eval_policy(self) -> nn.Module:
+        if self.best_of_n == 1:
+            return self.behaviour_policy()
+        return BestOfN(self.behaviour_policy(), self.critic, self.best_of_n, self.q_agg)
+
+    @classmethod
+    def load_eval_policy(cls, ckpt: Any, policy: nn.Module) -> nn.Module:
+        cfg = ckpt.config.algo
+        policy = super().load_eval_policy(ckpt, policy)
+        if cfg.get("best_of_n", 1) == 1:  # checkpoints from before the option hold no best_of_n
+            return policy
+        critic = build_critic(policy, policy.horizon, cfg.num_critics, cfg.critic_hidden_dims, cfg.layer_norm)
+        ckpt.load_modules({"critic": critic})
+        return BestOfN(policy, critic, cfg.best_of_n, cfg.q_agg)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from robopol.algos import ofql as ofql_module
+from robopol.algos.offline import BestOfN
 from robopol.algos.ofql import OFQL, actor_loss, critic_loss, one_step_chunk
 from robopol.policies.flow import FlowPolicy
 from robopol.policies.meanflow import MeanFlowPolicy
@@ -274,12 +275,30 @@ def test_config_errors():
         OFQL(meanflow(), 10, backup="sarsa")
     with pytest.raises(ValueError, match=r"algo.expectile must be in \(0, 1\), got 1.0"):
         OFQL(meanflow(), 10, backup="expectile", expectile=1.0)
+    with pytest.raises(ValueError, match=r"algo.best_of_n must be at least 1 \(1: OFQL's single sample\), got 0"):
+        OFQL(meanflow(), 10, best_of_n=0)
+
+
+def test_eval_policy_is_the_ema_actor_or_its_best_of_n_chunks_by_the_critic():
+    single = OFQL(meanflow(), 10, critic_hidden_dims=(8,))
+    assert single.eval_policy() is single.ema
+    algo = OFQL(meanflow(), 10, critic_hidden_dims=(8,), best_of_n=3, q_agg="mean")
+    best = algo.eval_policy()
+    assert isinstance(best, BestOfN) and best.policy is algo.ema and best.critic is algo.critic
+    assert (best.n, best.aggregation) == (3, "mean")
+    obs = torch.randn(4, 1, 1)
+    chunks = best.sample(obs, generator=torch.Generator().manual_seed(0))
+    candidates = algo.ema.sample(obs.repeat_interleave(3, dim=0), generator=torch.Generator().manual_seed(0))
+    values = algo.critic.values(obs.repeat_interleave(3, dim=0), candidates.clamp(-1, 1)).mean(0).view(4, 3)
+    picked = candidates.clamp(-1, 1).view(4, 3, 2, 1)[torch.arange(4), values.argmax(1)]
+    torch.testing.assert_close(chunks, picked)
 
 
 # ------------------------------------------------------------------ end to end on the toy task
 
 
-def test_train_ofql_on_point_reach_then_load_and_evaluate_the_ema_policy(tmp_path, toy_store):
+@pytest.mark.parametrize("best_of_n", [1, 3])
+def test_train_ofql_on_point_reach_then_load_and_evaluate_the_ema_policy(tmp_path, toy_store, best_of_n):
     from safetensors.torch import load_file
 
     from robopol.checkpoint import load_checkpoint
@@ -292,17 +311,27 @@ def test_train_ofql_on_point_reach_then_load_and_evaluate_the_ema_policy(tmp_pat
     cfg = compose("train", ["algo=ofql", "policy=meanflow", "policy.horizon=4", "policy.action_steps=4",
                             f"data={toy_store}", "policy.hidden_dims=[32,32]", "algo.critic_hidden_dims=[64,64]",
                             "trainer.steps=30", "trainer.batch_size=32", "trainer.log_every=10",
-                            "trainer.eval_episodes=2", "trainer.progress=false", "trainer.num_threads=1"])
+                            "trainer.eval_episodes=2", "trainer.progress=false", "trainer.num_threads=1",
+                            f"algo.best_of_n={best_of_n}"])
     run = train(cfg, tmp_path / "run").run_dir
     logged = {k for record in read_metrics(run / "metrics.jsonl") for k in record}
     assert {"train/critic_loss", "train/alpha", "train/actor_q", "train/policy_loss"} <= logged
     assert set(load_checkpoint(run).module_names()) == {"critic", "critic_target", "ema", "policy"}
 
     actor, ckpt = load_actor(str(run))
-    assert isinstance(actor.policy, MeanFlowPolicy) and actor.policy.sampler == "one_step"
+    policy = actor.policy
     weights = load_file(ckpt.path / "model.safetensors")
+    if best_of_n > 1:
+        assert isinstance(policy, BestOfN) and (policy.n, policy.aggregation) == (3, "min")
+        expected = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("critic.")}
+        state = policy.critic.state_dict()
+        assert set(state) == set(expected)
+        for key, value in state.items():  # the critic that picks the chunk is the trained one
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+        policy = policy.policy
+    assert isinstance(policy, MeanFlowPolicy) and policy.sampler == "one_step"
     expected = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("ema.")}
-    state = actor.policy.state_dict()
+    state = policy.state_dict()
     assert set(state) == set(expected)
     for key, value in state.items():  # the deployed weights are the EMA actor's
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
@@ -312,7 +341,7 @@ def test_train_ofql_on_point_reach_then_load_and_evaluate_the_ema_policy(tmp_pat
     finally:
         env.close()
     assert result.episodes == 2 and 0.0 <= result.success_rate <= 1.0
-    assert actor.plans > 0 and actor.nfe == actor.plans  # one network call per 4-step chunk
+    assert actor.plans > 0 and actor.nfe == actor.plans  # one (batched) actor call per 4-step chunk
     assert actor.plans == -(-actor.steps // 4)  # a new chunk every 4 steps
 
 
