@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robopol.algos.offline import BestOfN, OfflineRL, build_critic, clip_action
+from robopol.algos.offline import BestOfN, OfflineRL, build_critic, clip_action, load_best_of_n
 from robopol.critics import (
     aggregate,
     bce_expectile_loss,
@@ -212,7 +212,4 @@ class DQC(OfflineRL):
     def load_eval_policy(cls, ckpt: Any, policy: nn.Module) -> nn.Module:
         cfg = ckpt.config.algo
         policy = super().load_eval_policy(ckpt, policy)
-        partial = build_critic(policy, policy.horizon, cfg.num_critics, cfg.critic_hidden_dims, cfg.layer_norm,
-                               cfg.logits)
-        ckpt.load_modules({"partial_critic": partial})
-        return BestOfN(policy, partial, cfg.best_of_n, cfg.q_agg)
+        return load_best_of_n(ckpt, policy, "partial_critic", cfg.logits)

@@ -235,5 +235,14 @@ def build_critic(policy: nn.Module, horizon: int, num_critics: int, hidden_dims:
                           tuple(hidden_dims), layer_norm, logits).to(policy_device(policy))
 
 
+def load_best_of_n(ckpt: Any, policy: nn.Module, critic_name: str, logits: bool = False) -> BestOfN:
+    """:class:`BestOfN` around ``policy`` with the checkpoint's critic ``critic_name``, rebuilt from the
+    checkpoint's ``algo`` config (its critic fields, ``best_of_n`` and ``q_agg``)."""
+    cfg = ckpt.config.algo
+    critic = build_critic(policy, policy.horizon, cfg.num_critics, cfg.critic_hidden_dims, cfg.layer_norm, logits)
+    ckpt.load_modules({critic_name: critic})
+    return BestOfN(policy, critic, cfg.best_of_n, cfg.q_agg)
+
+
 def policy_device(policy: nn.Module) -> torch.device:
     return next(policy.parameters()).device

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from robopol.algos.iql import q_loss, value_loss
-from robopol.algos.offline import BestOfN, OfflineRL, build_critic, clip_action
+from robopol.algos.offline import BestOfN, OfflineRL, build_critic, clip_action, load_best_of_n
 from robopol.critics import aggregate, chunk_td_target, polyak_update, q_loss_scale, td_loss
 from robopol.critics.losses import AGGREGATIONS
 from robopol.critics.nets import CriticEnsemble
@@ -159,6 +159,4 @@ class OFQL(OfflineRL):
         policy = super().load_eval_policy(ckpt, policy)
         if cfg.get("best_of_n", 1) == 1:  # checkpoints from before the option hold no best_of_n
             return policy
-        critic = build_critic(policy, policy.horizon, cfg.num_critics, cfg.critic_hidden_dims, cfg.layer_norm)
-        ckpt.load_modules({"critic": critic})
-        return BestOfN(policy, critic, cfg.best_of_n, cfg.q_agg)
+        return load_best_of_n(ckpt, policy, "critic")

@@ -29,7 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from robopol.algos.offline import BestOfN, OfflineRL, OneStepActor, build_critic, clip_action, policy_device
+from robopol.algos.offline import (
+    BestOfN,
+    OfflineRL,
+    OneStepActor,
+    build_critic,
+    clip_action,
+    load_best_of_n,
+    policy_device,
+)
 from robopol.critics import aggregate, chunk_td_target, polyak_update, q_loss_scale, td_loss
 from robopol.critics.nets import CriticEnsemble
 from robopol.policies.base import check_choice
@@ -145,9 +153,7 @@ class QC(OfflineRL):
             actor = one_step_actor(policy, cfg.actor_hidden_dims)
             ckpt.load_modules({"actor": actor})
             return actor
-        critic = build_critic(policy, policy.horizon, cfg.num_critics, cfg.critic_hidden_dims, cfg.layer_norm)
-        ckpt.load_modules({"critic": critic})
-        return BestOfN(policy, critic, cfg.best_of_n, cfg.q_agg)
+        return load_best_of_n(ckpt, policy, "critic")
 
 
 def one_step_actor(policy: nn.Module, hidden_dims: Any) -> OneStepActor:

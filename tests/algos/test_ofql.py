@@ -321,20 +321,20 @@ def test_train_ofql_on_point_reach_then_load_and_evaluate_the_ema_policy(tmp_pat
     actor, ckpt = load_actor(str(run))
     policy = actor.policy
     weights = load_file(ckpt.path / "model.safetensors")
+
+    def assert_saved_as(module: nn.Module, name: str) -> None:
+        expected = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{name}.")}
+        state = module.state_dict()
+        assert set(state) == set(expected)
+        for key, value in state.items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+
     if best_of_n > 1:
         assert isinstance(policy, BestOfN) and (policy.n, policy.aggregation) == (3, "min")
-        expected = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("critic.")}
-        state = policy.critic.state_dict()
-        assert set(state) == set(expected)
-        for key, value in state.items():  # the critic that picks the chunk is the trained one
-            torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+        assert_saved_as(policy.critic, "critic")  # the critic that picks the chunk is the trained one
         policy = policy.policy
     assert isinstance(policy, MeanFlowPolicy) and policy.sampler == "one_step"
-    expected = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("ema.")}
-    state = policy.state_dict()
-    assert set(state) == set(expected)
-    for key, value in state.items():  # the deployed weights are the EMA actor's
-        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    assert_saved_as(policy, "ema")  # the deployed weights are the EMA actor's
     env = make_env(ckpt.config.task, num_envs=2, seed=0)
     try:
         result = evaluate(env, actor, episodes=2, seed=0)
