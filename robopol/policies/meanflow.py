@@ -36,14 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from robopol.nets.embeddings import LevelEmbedding
+from robopol.nets.embeddings import InferenceCache, LevelEmbedding
 from robopol.policies.base import per_sample_mse
 from robopol.policies.flow import FlowPolicy, flow_path, per_sample
 
 
-class TimePairEmbedding(nn.Module):
+class TimePairEmbedding(InferenceCache, nn.Module):
     """Embeds ``(B, 2)`` pairs ``(t, r)`` as ``embed_t(t) + embed_gap(r - t)``: r gets its own embedding, fed
-    the interval length (MeanFlow's best-performing way to present r)."""
+    the interval length (MeanFlow's best-performing way to present r). Cached whole at inference: one lookup
+    instead of two plus the indexing and sum, about 50 us of a one-step call at batch 1."""
 
     def __init__(self, dim: int, scale: float) -> None:
         super().__init__()
@@ -52,6 +53,9 @@ class TimePairEmbedding(nn.Module):
         self.gap = LevelEmbedding(dim, scale=scale)
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        return self.cached(pair, self.embed)
+
+    def embed(self, pair: torch.Tensor) -> torch.Tensor:
         return self.time(pair[..., 0]) + self.gap(pair[..., 1] - pair[..., 0])
 
 

@@ -11,6 +11,7 @@ from robopol.nets.embeddings import LevelEmbedding, SinusoidalEmbedding, enable_
 from robopol.nets.transformer import TransformerDenoiser
 from robopol.nets.unet import ConditionalUnet1D, FiLMResidualBlock
 from robopol.policies.base import MLPDenoiser
+from robopol.policies.meanflow import TimePairEmbedding
 
 
 def test_sinusoidal_embedding_hand_values():
@@ -85,6 +86,27 @@ def test_level_cache_is_bypassed_in_training_with_autograd_and_when_off():
         emb(level)
         emb(level)
     assert len(calls) == 6
+
+
+def test_mean_flow_pair_embedding_is_cached_whole_and_recomputed_after_a_weight_change():
+    torch.manual_seed(0)
+    emb = TimePairEmbedding(8, scale=1.0).eval()
+    inner = []
+    emb.time.register_forward_hook(lambda *_: inner.append(1))
+    pair, other = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.25, 1.0]])
+    with torch.no_grad():
+        reference = emb.embed(pair)
+    enable_level_cache(emb)
+    inner.clear()
+    with torch.no_grad():
+        first = emb(pair)
+        assert emb(pair) is first
+        emb(other)
+        emb(pair)
+        assert len(inner) == 2  # one computation per distinct (t, r), none on a hit
+        torch.testing.assert_close(first, reference, rtol=0, atol=0)
+        emb.gap[3].bias.add_(1.0)  # only the gap embedding's weights change
+        torch.testing.assert_close(emb(pair), reference + 1.0, rtol=0, atol=1e-6)
 
 
 def _unet(down_dims=(8, 16), cond_dim=3) -> ConditionalUnet1D:
