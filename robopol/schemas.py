@@ -656,6 +656,8 @@ class BenchCommand:
     """inference, offline: the task to train and evaluate on (inference default: cube_single_task1); scale: the task of its demonstrations (default point_reach)."""
     demos: int = 200
     """inference, scale: expert demonstrations to train on."""
+    latency_plans: int = 300
+    """inference: planning calls timed at batch 1 per sampler (whole episodes, run until this many)."""
     latency_threads: int = 1
     """inference: torch CPU threads while latency is measured (deploy's policy_threads default; 0 keeps torch's)."""
     train_steps: int = 15000

@@ -24,6 +24,7 @@ def test_bench_inference_trains_every_model_and_reports_each_sampler(tmp_path):
     for row in rows.values():
         assert 0 <= row["ci_low"] <= row["success"] <= row["ci_high"] <= 1
         assert 0 < row["p50_ms"] <= row["p99_ms"] and 0 < row["chunk_p50_ms"] <= row["chunk_p99_ms"]
+        assert row["timed_plans"] >= 20  # quick runs time whole episodes until 20 planning calls
     # receding execution of 4 actions per 8-step chunk: a 1-call sampler costs 1/4 per action (more when an
     # episode ends mid-chunk); RTI re-plans every step with at most 3 calls after its first full chain
     assert rows[("meanflow", "one_step-1")]["nfe_per_action"] < 0.5
@@ -41,6 +42,9 @@ def test_bench_inference_trains_every_model_and_reports_each_sampler(tmp_path):
     assert len(stamps) == 5
     run_cli("bench", "inference", "quick=true", "task=point_reach", f"out_dir={out}", cwd=tmp_path, check=True)
     assert {p: p.stat().st_mtime_ns for p in models.glob("*/checkpoints/*/model.safetensors")} == stamps
+
+    bad = run_cli("bench", "inference", "quick=true", "latency_plans=0", f"out_dir={out}", cwd=tmp_path)
+    assert bad.returncode != 0 and "latency_plans must be at least 1, got 0" in bad.stderr
 
     # sampler choice from the eval config, with the RTI settings
     summary = tmp_path / "rti.json"

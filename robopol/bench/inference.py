@@ -5,8 +5,8 @@ head by behaviour cloning, distils two consistency students from the flow teache
 LCM-style loss), and then, for each
 sampler: the success rate over ``episodes`` episodes (10 envs stepped together), the network function
 evaluations per executed action (NFE/action) over those episodes, and the latency at batch 1 (p50 / p99 over
-two further episodes run one env at a time, on ``latency_threads`` torch threads: one, as ``robopol deploy``
-runs the policy) of a whole planning call (``p50_ms``: observations in, actions
+at least ``latency_plans`` planning calls, in further whole episodes run one env at a time, on
+``latency_threads`` torch threads: one, as ``robopol deploy`` runs the policy) of a whole planning call (``p50_ms``: observations in, actions
 out) and of the policy's chunk sampling inside it (``chunk_p50_ms``). RTI rows warm-start from the level
 :func:`robopol.runtime.pick_rti_noise_level` picks from the demonstrations. Models already trained in ``out_dir`` to the
 requested steps are reused, so a rerun only evaluates. Writes ``inference_<task>.json`` and a plot of
@@ -26,7 +26,7 @@ from rich.console import Console
 from robopol.bench.report import pyplot, save_figure, write_report
 from robopol.checkpoint import load_checkpoint
 from robopol.data.store import EpisodeStore
-from robopol.errors import CheckpointError
+from robopol.errors import CheckpointError, ConfigError
 from robopol.runtime import evaluate, latency_summary, load_actor, pick_rti_noise_level
 from robopol.schemas import RTIConfig
 from robopol.tasks import make_env
@@ -47,10 +47,13 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
     from robopol.collect import collect_episodes
     from robopol.train.trainer import train
 
+    if cfg.latency_plans < 1:
+        raise ConfigError(f"latency_plans must be at least 1, got {cfg.latency_plans}")
     task = cfg.task if cfg.task is not None else compose("train", ["task=cube_single_task1"]).task
     quick = cfg.quick
     steps = 40 if quick else cfg.train_steps
     episodes = 4 if quick else cfg.episodes
+    latency_plans = min(cfg.latency_plans, 20) if quick else cfg.latency_plans
     root = Path(cfg.out_dir) / "inference" / task.name
     store_path = root / "demos.zarr"
     demos = 10 if quick else cfg.demos
@@ -105,7 +108,7 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
         # RTI rows: the steps are the warm-started calls; the first call of an episode runs the full chain
         rti = RTIConfig(noise_level=level, steps=sampler_steps) if level is not None else None
         row = evaluate_sampler(run, task, sampler, None if rti else sampler_steps, rti, episodes,
-                               latency_episodes=1 if quick else 2, latency_threads=cfg.latency_threads)
+                               latency_plans, latency_threads=cfg.latency_threads)
         label = f"{sampler}-{sampler_steps}" + (f"@{level:.2f}" if rti else "")
         rows.append({"model": model, "sampler": label, **row})
         console.print(f"{model} {label}: success {100 * row['success']:.0f}% over {episodes} episodes, "
@@ -114,7 +117,8 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
     notes = (f"task {task.name}; {demos} expert demos; BC models {steps} steps, "
              f"consistency students {max(1, steps // 3)} distillation steps from the flow teacher; "
              f"success over {episodes} episodes (95% Wilson CI); latency of one planning call at batch 1 on "
-             f"{cfg.latency_threads or torch.get_num_threads()} torch thread(s); NFE/action = network calls per "
+             f"{cfg.latency_threads or torch.get_num_threads()} torch thread(s), over at least {latency_plans} "
+             f"calls; NFE/action = network calls per "
              f"executed action")
     write_report(f"inference_{task.name}", rows, cfg.out_dir, notes=notes)
     plot_inference(rows, Path(cfg.out_dir) / f"inference_{task.name}.png", task.name)
@@ -122,9 +126,10 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def evaluate_sampler(run: Path, task: DictConfig, sampler: str, steps: int | None, rti: RTIConfig | None,
-                     episodes: int, latency_episodes: int, latency_threads: int = 0) -> dict[str, Any]:
-    """Success and NFE/action over ``episodes`` (10 envs at a time), latency at batch 1 on ``latency_threads``
-    torch threads (0: torch's setting as it is)."""
+                     episodes: int, latency_plans: int, latency_threads: int = 0) -> dict[str, Any]:
+    """Success and NFE/action over ``episodes`` (10 envs at a time); latency at batch 1 on ``latency_threads``
+    torch threads (0: torch's setting as it is), over whole episodes until ``latency_plans`` planning calls
+    are timed (an episode plans only 5 to 50 times, and two episodes' p50 moved by half between reruns)."""
     actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti, seed=1000)
     env = make_env(task, num_envs=min(10, episodes), seed=1000)
     t0 = time.perf_counter()
@@ -137,14 +142,18 @@ def evaluate_sampler(run: Path, task: DictConfig, sampler: str, steps: int | Non
     threads = torch.get_num_threads()
     torch.set_num_threads(latency_threads or threads)
     try:
-        evaluate(single, actor, latency_episodes, seed=5000)
+        seed = 5000
+        while actor.plans < latency_plans:
+            evaluate(single, actor, 1, seed=seed)
+            seed += 1
     finally:
         torch.set_num_threads(threads)
         single.close()
     timing = latency_summary(actor)
     return {"success": result.success_rate, "ci_low": result.success_ci95[0], "ci_high": result.success_ci95[1],
             "nfe_per_action": nfe, "p50_ms": timing["latency_ms_p50"], "p99_ms": timing["latency_ms_p99"],
-            "chunk_p50_ms": timing["chunk_ms_p50"], "chunk_p99_ms": timing["chunk_ms_p99"], "eval_s": seconds}
+            "chunk_p50_ms": timing["chunk_ms_p50"], "chunk_p99_ms": timing["chunk_ms_p99"],
+            "timed_plans": timing["plans"], "eval_s": seconds}
 
 
 def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:
