@@ -2,15 +2,14 @@
 
 On one task the suite collects expert demonstrations, trains a diffusion and a flow teacher and a mean-flow
 head by behaviour cloning, distils two consistency students from the flow teacher (action matching and the
-LCM-style loss), and then, for each
-sampler: the success rate over ``episodes`` episodes (10 envs stepped together), the network function
-evaluations per executed action (NFE/action) over those episodes, and the latency at batch 1 (p50 / p99 over
-at least ``latency_plans`` planning calls, in further whole episodes run one env at a time, on
-``latency_threads`` torch threads: one, as ``robopol deploy`` runs the policy) of a whole planning call (``p50_ms``: observations in, actions
-out) and of the policy's chunk sampling inside it (``chunk_p50_ms``). RTI rows warm-start from the level
-:func:`robopol.runtime.pick_rti_noise_level` picks from the demonstrations. Models already trained in ``out_dir`` to the
-requested steps are reused, so a rerun only evaluates. Writes ``inference_<task>.json`` and a plot of
-success against latency.
+LCM-style loss), and then, for each sampler: the success rate over ``episodes`` episodes (10 envs stepped
+together), the network function evaluations per executed action (NFE/action) over those episodes, and the
+latency at batch 1 (p50 / p99 over at least ``latency_plans`` planning calls, in further whole episodes run
+one env at a time, on ``latency_threads`` torch threads: one, as ``robopol deploy`` runs the policy) of a
+whole planning call (``p50_ms``: observations in, actions out) and of the policy's chunk sampling inside it
+(``chunk_p50_ms``). RTI rows warm-start from the level :func:`robopol.runtime.pick_rti_noise_level` picks
+from the demonstrations. Models already trained in ``out_dir`` to the requested steps are reused, so a rerun
+only evaluates. Writes ``inference_<task>.json`` and a plot of success against latency.
 """
 
 from __future__ import annotations

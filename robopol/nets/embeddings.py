@@ -41,7 +41,8 @@ class InferenceCache:
     is reused only while every weight's version counter is unchanged, so an optimiser step, an EMA update or
     ``load_state_dict`` recomputes it (fused optimisers do not advance the counters; ``enable_level_cache``,
     which every ``ChunkActor`` calls, also empties the cache). The weights are listed once, when the cache is
-    switched on: walking ``parameters()`` on every call cost about 45 us, a tenth of a one-step policy's call.
+    switched on (walking ``parameters()`` on every call cost about 45 us, a tenth of a one-step policy's
+    call), so switch it on again after replacing parameter tensors (``load_state_dict(assign=True)``).
     """
 
     CACHE_ENTRIES = 256
