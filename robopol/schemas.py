@@ -616,6 +616,8 @@ class CollectCommand:
     """Share of episodes driven by uniformly random actions instead of the expert (quality knob)."""
     num_workers: int = 2
     """Worker processes stepping environments; 0 steps them in this process."""
+    num_envs: int = 1
+    """Envs each process steps as one batch (raise it for Isaac Lab tasks, whose step costs little more per env)."""
     seed: int = 0
     """Seed of the first episode."""
 
@@ -656,6 +658,10 @@ class BenchCommand:
     """inference, offline: the task to train and evaluate on (inference default: cube_single_task1); scale: the task of its demonstrations (default point_reach)."""
     demos: int = 200
     """inference, scale: expert demonstrations to train on."""
+    sim_suites: list[str] = field(default_factory=lambda: ["mujoco", "isaaclab"])
+    """sim: suites to measure: mujoco (every MuJoCo task, both back ends) and isaaclab (the Isaac Lab UR5e reach rows, where Isaac Lab is installed, beside the MuJoCo pool on OGBench's UR5e task)."""
+    isaaclab_envs: list[int] = field(default_factory=lambda: [4, 16, 64, 256, 1024])
+    """sim: env counts of the Isaac Lab rows."""
     latency_plans: int = 300
     """inference: planning calls timed at batch 1 per sampler (whole episodes, run until this many)."""
     latency_threads: int = 1

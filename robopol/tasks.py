@@ -8,7 +8,9 @@ Task options (``configs/task/<name>.yaml``), by schema:
   ``<name>_task1`` ... ``<name>_task5`` (OGBench's single-task reward variants, no goal key);
 - ``maze``: ``pointmaze_umaze``, ``pointmaze_medium``, ``antmaze_umaze``;
 - ``fetch``: ``fetch_push``, ``fetch_pick_and_place``;
-- ``locomotion``: ``halfcheetah``, ``hopper``, ``walker2d``, ``ant`` (no scripted expert).
+- ``locomotion``: ``halfcheetah``, ``hopper``, ``walker2d``, ``ant`` (no scripted expert);
+- ``isaaclab``: ``isaaclab/ur5e_reach``, ``isaaclab/ur5e_push`` (robopol's own Isaac Lab 3 tasks, or any
+  registered Isaac Lab task through ``gym_id``; Python 3.12 with the ``isaaclab`` extra, see docs/isaaclab.md).
 
 robopol's core reaches the simulators only through the ``_target_`` and ``expert`` strings below.
 """
@@ -16,14 +18,14 @@ robopol's core reaches the simulators only through the ``_target_`` and ``expert
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from robopol.envs import BatchedEnv, Expert
-from robopol.errors import ConfigError
+from robopol.errors import ConfigError, RobopolError
 from robopol.schemas import TaskConfig
 
 
@@ -124,6 +126,36 @@ class LocomotionTaskConfig(SimTaskConfig):
     """gymnasium env id: HalfCheetah-v5, Hopper-v5, Walker2d-v5 or Ant-v5."""
 
 
+@dataclass
+class IsaacLabTaskConfig(TaskConfig):
+    """An Isaac Lab 3 task (kit-less, Newton physics) behind robopol's batched-env interface."""
+
+    name: str = "isaaclab_ur5e_reach"
+    _target_: str = "robopol.sim.isaaclab.adapter.make_isaaclab_env"
+    expert: str = "robopol.sim.experts.isaaclab_ur5e.UR5eExpert"
+    max_episode_steps: int = 80
+    gym_id: str = ""
+    """Gymnasium id of a registered Isaac Lab task (else env_class + env_cfg)."""
+    env_class: str = "robopol.sim.isaaclab.ur5e:UR5eReachEnv"
+    """``module:Class`` of a DirectRLEnv / ManagerBasedRLEnv (used with env_cfg when gym_id is empty)."""
+    env_cfg: str = "robopol.sim.isaaclab.ur5e:UR5eReachEnvCfg"
+    """``module:Class`` of its config class."""
+    device: str = "cpu"
+    """Simulation device: cpu, or cuda / cuda:N (the same task runs on a GPU by this switch alone)."""
+    observation: dict[str, str] = field(default_factory=lambda: {"state": "policy"})
+    """robopol observation key -> Isaac Lab observation group."""
+    action_low: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0])
+    """Lower action bounds (Isaac Lab reports an unbounded action space)."""
+    action_high: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Upper action bounds."""
+    success_term: str = "terminated"
+    """What counts as success: 'terminated' (the task terminates only on success), a manager-based termination
+    term's name, or '' (never)."""
+    warp_cache: str = ""
+    """Warp kernel cache directory (default: Warp's own, ~/.cache/warp); keep it between runs: a cold cache
+    costs about a minute of kernel compilation per process."""
+
+
 # Schema of each task option (``configs/task/<name>.yaml`` extends ``/schemas/task/<schema>``).
 TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "point_reach": PointReachTaskConfig,
@@ -132,6 +164,7 @@ TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
     "maze": MazeTaskConfig,
     "fetch": FetchTaskConfig,
     "locomotion": LocomotionTaskConfig,
+    "isaaclab": IsaacLabTaskConfig,
 }
 
 # Task-config fields that describe the task to robopol rather than being env constructor arguments.
@@ -145,9 +178,12 @@ def make_env(task: DictConfig, num_envs: int, seed: int) -> BatchedEnv:
         fields.pop(key, None)
     try:
         return instantiate(fields, num_envs=num_envs, seed=seed)
-    except ConfigError:
+    except RobopolError:
         raise
     except Exception as err:
+        cause = err.__cause__
+        if isinstance(cause, RobopolError):  # Hydra wraps what the factory raised; ours are already clear
+            raise cause from None
         raise ConfigError(f"task '{task.name}': cannot build its env {task._target_} ({err})") from err
 
 

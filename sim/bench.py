@@ -6,6 +6,10 @@ twice: 2 envs with one per worker (every step is a message per env) and 8 envs w
 (``task.envs_per_worker=4``: one message carries 4 steps). Collection throughput is ``collect_episodes``
 with its expert, in this process and with two workers (whole episodes per worker, so no per-step
 messages), measured after the envs are built.
+
+Where Isaac Lab 3 is installed (the Python 3.12 environment), the ``isaaclab`` suite adds one row per env count
+(4 ... 1024) for the Isaac Lab UR5e reach task on the tensor path, each in a fresh process, beside the
+MuJoCo worker pool on OGBench's UR5e cube task; ``sim_suites=[isaaclab]`` measures only those.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from robopol.bench.report import write_report
 from robopol.cli.app import compose
 from robopol.collect import collect_episodes
+from robopol.errors import ConfigError
 from robopol.tasks import make_env
 
 # One task per suite entry; the expert tasks also measure collection.
@@ -110,10 +115,80 @@ def collect_rate(name: str, episodes: int, num_workers: int) -> tuple[float, flo
     return result.steps_per_second, result.expert_success_rate
 
 
-def bench_sim(out_dir: str, quick: bool = False) -> list[dict[str, Any]]:
+ISAACLAB_TASK = "isaaclab/ur5e_reach"
+ISAACLAB_REFERENCE = "cube_single"
+"""The MuJoCo task the Isaac Lab rows are compared with: OGBench's UR5e arm (with its gripper and a cube)."""
+
+
+def _isaaclab_worker(num_envs: int, seconds: float, seed: int) -> dict[str, float]:
+    import torch
+
+    t0 = time.perf_counter()
+    env = make_env(compose("collect", [f"task={ISAACLAB_TASK}", "out=unused"]).task, num_envs=num_envs, seed=seed)
+    try:
+        startup = time.perf_counter() - t0
+        env.autoreset = True
+        env.reset_tensors(seed)
+        generator = torch.Generator(device=env.device).manual_seed(seed)
+
+        def actions() -> torch.Tensor:
+            return torch.rand((num_envs, *env.spec.action.shape), generator=generator, device=env.device) * 2 - 1
+
+        for _ in range(5):  # warm-up: the first steps run lazily built kernels
+            env.step_tensors(actions())
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            env.step_tensors(actions())
+            steps += num_envs
+        return {"steps_s": steps / (time.perf_counter() - t0), "startup_s": startup, "device": str(env.device)}
+    finally:
+        env.close()
+
+
+def isaaclab_rate(num_envs: int, seconds: float, seed: int = 0) -> dict[str, float]:
+    """Env steps/s of the Isaac Lab UR5e reach task with ``num_envs`` envs and random actions (auto-reset), on
+    the tensor path; a fresh process per measurement, as Isaac Lab runs one simulation per process."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_isaaclab_worker, (num_envs, seconds, seed))
+
+
+def bench_isaaclab(env_counts: list[int], seconds: float) -> list[dict[str, Any]]:
+    """Isaac Lab rows (one per env count) and the MuJoCo worker pool on the OGBench UR5e task beside them."""
+    import importlib.util
+
+    if importlib.util.find_spec("isaaclab_newton") is None:
+        print("bench sim: Isaac Lab rows skipped: Isaac Lab 3 is not installed in this environment "
+              "(Python 3.12 with the 'isaaclab' extra: scripts/isaaclab_env.sh)")
+        return []
+    rows = []
+    for n in env_counts:
+        result = isaaclab_rate(n, seconds)
+        rows.append({"suite": "isaaclab", "task": ISAACLAB_TASK, "envs": n, "device": result["device"],
+                     "isaaclab_steps_s": result["steps_s"], "startup_s": result["startup_s"]})
+    _, pool8, _ = backend_rates(ISAACLAB_REFERENCE, 8, seconds, envs_per_worker=4)
+    rows.append({"suite": "ogbench", "task": ISAACLAB_REFERENCE, "envs": 8, "device": "cpu",
+                 "grouped_pool_steps_s": pool8})
+    return rows
+
+
+def bench_sim(out_dir: str, quick: bool = False, suites: tuple[str, ...] = ("mujoco", "isaaclab"),
+              isaaclab_envs: tuple[int, ...] = (4, 16, 64, 256, 1024)) -> list[dict[str, Any]]:
     """Measure, print the table and write ``out_dir/sim.json``; returns the rows."""
+    unknown = set(suites) - {"mujoco", "isaaclab"}
+    if unknown:
+        raise ConfigError(f"bench sim: unknown suites {sorted(unknown)}; choose from mujoco, isaaclab")
+    if any(n < 1 for n in isaaclab_envs):
+        raise ConfigError(f"bench sim: isaaclab_envs must all be at least 1, got {list(isaaclab_envs)}")
     seconds = 1.0 if quick else 4.0
     rows: list[dict[str, Any]] = []
+    if quick:
+        isaaclab_envs = isaaclab_envs[:2]
+    if "mujoco" not in suites:
+        rows += bench_isaaclab(list(isaaclab_envs), seconds)
+        write_report("sim", rows, out_dir, notes=_ISAACLAB_NOTE)
+        return rows
     for name in QUICK_STEP_TASKS if quick else STEP_TASKS:
         ceiling = cpu_ceiling(2)
         single, pool, speedup = backend_rates(name, 2, seconds)
@@ -141,5 +216,16 @@ def bench_sim(out_dir: str, quick: bool = False) -> list[dict[str, Any]]:
         verdict = "meets" if best >= 1.7 else "misses"
         notes += (f" cube_single worker-pool speed-up {cube['speedup']:.2f}x with 1 env per worker, "
                   f"{cube['grouped_speedup']:.2f}x with 4 ({verdict} the 1.7x target).")
+    if "isaaclab" in suites:
+        isaac = bench_isaaclab(list(isaaclab_envs), seconds)
+        rows += isaac
+        notes += " " + _ISAACLAB_NOTE if isaac else ""
     write_report("sim", rows, out_dir, notes=notes)
     return rows
+
+
+_ISAACLAB_NOTE = (f"Isaac Lab rows: {ISAACLAB_TASK} (kit-less Newton, MuJoCo-Warp solver, 0.05 s control step of 2 "
+                  f"physics steps), random actions with auto-reset on the tensor path, one fresh process per env "
+                  f"count (startup_s: to the first step, with the Warp kernel cache warm). Beside them, the MuJoCo "
+                  f"worker pool (2 workers x 4 envs) on {ISAACLAB_REFERENCE}, OGBench's UR5e with a gripper and a "
+                  f"cube.")

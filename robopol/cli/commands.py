@@ -165,7 +165,8 @@ def collect_command(cfg: DictConfig) -> None:
     from robopol.collect import collect_episodes
 
     result = collect_episodes(cfg.task, cfg.out, cfg.episodes, noise=cfg.noise, seed=cfg.seed, expert=cfg.expert,
-                              random_fraction=cfg.random_fraction, num_workers=cfg.num_workers)
+                              random_fraction=cfg.random_fraction, num_workers=cfg.num_workers,
+                              num_envs=cfg.num_envs)
     console.print(f"collected {result.episodes} episodes ({result.steps} steps, seeds from {result.first_seed}) "
                   f"of '{cfg.task.name}' into {cfg.out} in {result.seconds:.1f} s after {result.startup_seconds:.1f} s "
                   f"of start-up ({result.steps_per_second:,.0f} steps/s with {cfg.num_workers} workers)")
@@ -300,7 +301,7 @@ def _bench_control(cfg: DictConfig) -> None:
 def _bench_sim(cfg: DictConfig) -> None:
     from robopol.sim.bench import bench_sim
 
-    bench_sim(cfg.out_dir, quick=cfg.quick)
+    bench_sim(cfg.out_dir, quick=cfg.quick, suites=tuple(cfg.sim_suites), isaaclab_envs=tuple(cfg.isaaclab_envs))
 
 
 def _bench_policy(cfg: DictConfig) -> None:

@@ -40,9 +40,10 @@ RANK_SEED_STRIDE = 100_003
 """Under torchrun, rank r's envs start from ``seed + r * RANK_SEED_STRIDE``."""
 
 
-def flat_obs(obs: dict[str, np.ndarray], keys: list[str]) -> torch.Tensor:
-    """Observation dict of (N, ...) arrays -> (N, obs_dim) float64, keys in ``keys`` order (as the runtime)."""
-    return torch.cat([torch.as_tensor(np.asarray(obs[k]), dtype=torch.float64).flatten(1) for k in keys], dim=-1)
+def flat_obs(obs: dict[str, Any], keys: list[str]) -> torch.Tensor:
+    """Observation dict of (N, ...) arrays or tensors -> (N, obs_dim) float64 on the CPU, keys in ``keys`` order
+    (as the runtime)."""
+    return torch.cat([torch.as_tensor(obs[k], dtype=torch.float64).cpu().flatten(1) for k in keys], dim=-1)
 
 
 def policy_normalizer(algo: Any, spec: EnvSpec, obs_keys: list[str]) -> Normalizer:
@@ -148,9 +149,8 @@ def merge_episode_stats(parts: list[dict[str, float]]) -> dict[str, float]:
             "episode_length": sum(p["episode_length"] * p["episodes"] for p in parts) / total, "episodes": total}
 
 
-def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_keys: list[str],
-                    normalizer: Normalizer, tracker: EpisodeTracker
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, Any], obs_keys: list[str],
+                    normalizer: Normalizer, tracker: EpisodeTracker) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``algo.rollout_steps`` decisions of every env. Returns the ``(T, N, ...)`` rollout and the observation
     to continue from. Sampled actions are stored as drawn and clipped to the action box only for the env.
 
@@ -159,6 +159,7 @@ def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_
     first. ``env`` runs without auto-reset: an env whose episode ends waits (the rest of its chunk is not
     executed) and starts its next episode at the next decision (``env.reset_done()``)."""
     steps: list[dict[str, torch.Tensor]] = []
+    tensor_env = hasattr(env, "step_tensors")
     for _ in range(algo.rollout_steps):
         norm_obs = algo.normalize_obs(flat_obs(obs, obs_keys), update=True)
         out = algo.act(norm_obs)
@@ -167,13 +168,15 @@ def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_
         ended = torch.zeros(env.num_envs, dtype=torch.bool)
         terminated = torch.zeros(env.num_envs, dtype=torch.bool)
         for action in chunk.unbind(1):
-            command = normalizer.unnormalize(ACTION_KEY, action.clamp(-1.0, 1.0).double()).numpy()
-            result = env.step(command.reshape(env.num_envs, *env.spec.action.shape))
+            command = normalizer.unnormalize(ACTION_KEY, action.clamp(-1.0, 1.0).double())
+            command = command.reshape(env.num_envs, *env.spec.action.shape)
+            # Envs with a tensor path (Isaac Lab) keep actions and results as tensors: no numpy per step.
+            result = env.step_tensors(command) if tensor_env else env.step(command.numpy())
             live = ~ended
-            step_reward = torch.where(live, torch.as_tensor(result.reward, dtype=torch.float32), 0.0)
-            ends_now = live & torch.as_tensor(result.terminated | result.truncated)
+            step_reward = torch.where(live, torch.as_tensor(result.reward, dtype=torch.float32).cpu(), 0.0)
+            ends_now = live & torch.as_tensor(result.terminated | result.truncated).cpu()
             reward += step_reward
-            terminated |= live & torch.as_tensor(result.terminated)
+            terminated |= live & torch.as_tensor(result.terminated).cpu()
             ended |= ends_now
             tracker.step(step_reward.double().numpy(), ends_now.numpy(), live.numpy())
             obs = result.obs
@@ -184,7 +187,7 @@ def collect_rollout(env: BatchedEnv, algo: Any, obs: dict[str, np.ndarray], obs_
         steps.append({"obs": norm_obs, **out, "reward": algo.scale_rewards(reward, ended),
                       "next_value": next_value, "episode_end": ended})
         if ended.any():
-            obs = env.reset_done()
+            obs = env.reset_done_tensors() if tensor_env else env.reset_done()
     rollout = {k: torch.stack([s[k] for s in steps]) for k in steps[0]}
     return rollout, obs
 
@@ -223,11 +226,13 @@ def train_online(cfg: DictConfig, run_root: str | Path, overrides: list[str] | N
             raise ConfigError(f"task '{cfg.task.name}': its env ({type(env).__name__}) cannot restart the episodes "
                               f"that ended (reset_done), which rollouts need; use a robopol.sim task")
         if tcfg.eval_episodes:
-            eval_env = make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes), seed=cfg.seed)
+            # Isaac Lab allows one simulation per process: such tasks evaluate on the training envs.
+            eval_env = env if getattr(env, "one_per_process", False) else \
+                make_env(cfg.task, num_envs=min(10, tcfg.eval_episodes), seed=cfg.seed)
         final_eval, last = _train(cfg, run, env, eval_env, overrides, init, rank)
     finally:
         env.close()
-        if eval_env is not None:
+        if eval_env is not None and eval_env is not env:
             eval_env.close()
     if rank.is_main:
         plot_metrics(run.metrics, run.plots / "training.png")
@@ -319,6 +324,8 @@ def _train(cfg: DictConfig, run: RunDir, env: BatchedEnv, eval_env: BatchedEnv |
             actor = ChunkActor(algo.eval_policy(), runtime_normalizer(), obs_keys, ACTION_KEY)
             final_eval = evaluate(eval_env, actor, tcfg.eval_episodes, seed=10_000 + cfg.seed, ranks=rank)
             log(iteration, {**final_eval.as_dict(), "env_steps": iteration * transitions}, prefix="eval")
+            if eval_env is env:  # the evaluation ended the rollout's episodes: start new ones
+                obs = env.reset(seed=cfg.seed + rank.rank * RANK_SEED_STRIDE + iteration * RESUME_SEED_STRIDE)
             if tcfg.videos and rank.is_main:
                 record_video(eval_env, actor, run.videos / f"iter_{iteration:06d}.mp4", seed=10_000 + cfg.seed)
             if final_eval.mean_return > best_return:

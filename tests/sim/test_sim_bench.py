@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from robopol.sim import bench
+
+from robopol.errors import ConfigError
 
 
 def test_bench_sim_reports_each_backend_and_collection(tmp_path, monkeypatch):
@@ -21,3 +24,10 @@ def test_bench_sim_reports_each_backend_and_collection(tmp_path, monkeypatch):
     assert row["expert_success"] == 1.0
     saved = json.loads((tmp_path / "sim.json").read_text())
     assert saved["bench"] == "sim" and saved["rows"] == rows and "machine" in saved
+
+
+def test_bench_sim_refuses_unknown_suites_and_env_counts(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown suites \['physx'\]; choose from mujoco, isaaclab"):
+        bench.bench_sim(str(tmp_path), suites=("mujoco", "physx"))
+    with pytest.raises(ConfigError, match=r"isaaclab_envs must all be at least 1, got \[4, 0\]"):
+        bench.bench_sim(str(tmp_path), isaaclab_envs=(4, 0))
