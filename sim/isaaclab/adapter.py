@@ -117,6 +117,7 @@ class IsaacLabEnv:
         env._reset_idx = self._reset_idx  # every reset, Isaac Lab's own auto-resets included, draws new seeds
 
         obs = self._groups_to_obs(env.reset()[0])  # shapes for the spec
+        self._next_seeds = seed + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
         n_act = len(action_low)
         if len(action_high) != n_act or n_act == 0:
             raise ConfigError(f"task '{name}': task.action_low and task.action_high need one bound per action "
@@ -213,7 +214,9 @@ class IsaacLabEnv:
         terminated = terminated.to(torch.bool)
         truncated = truncated.to(torch.bool) & ~terminated
         success = self._success(terminated)
-        final = self._groups_to_obs(extras["final_obs"]) if "final_obs" in extras else None
+        # Isaac Lab leaves the last final_obs in its extras until the next reset overwrites it
+        final_groups = extras.pop("final_obs", None)
+        final = self._groups_to_obs(final_groups) if final_groups is not None else None
         reward = reward.to(torch.float32)
         ended = terminated | truncated
         if self.autoreset:

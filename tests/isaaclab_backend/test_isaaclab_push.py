@@ -45,3 +45,27 @@ def test_expert_demonstrations_reach_the_goal_and_are_stored(tmp_path):
     store = EpisodeStore.open(out)
     assert len(store) == 16 and store.keys() >= ["action", "state"] or set(store.keys()) >= {"action", "state"}
     assert sorted(store.meta_arrays()["seed"].tolist()) == list(range(16))
+
+
+def test_a_registered_gymnasium_id_builds_through_isaac_labs_own_config_parser():
+    import gymnasium as gym
+
+    gym.register(id="Robopol-Test-UR5e-Reach-v0", entry_point="robopol.sim.isaaclab.ur5e:UR5eReachEnv",
+                 disable_env_checker=True,
+                 kwargs={"env_cfg_entry_point": "robopol.sim.isaaclab.ur5e:UR5eReachEnvCfg"})
+    task = compose("collect", ["task=isaaclab/ur5e_reach", "out=unused", "task.gym_id=Robopol-Test-UR5e-Reach-v0",
+                               "task.env_class=", "task.env_cfg=", "task.max_episode_steps=30"]).task
+    env = make_env(task, num_envs=2, seed=0)
+    try:
+        assert env.spec.max_episode_steps == 30 and env.num_envs == 2
+        assert env.reset(seed=0)["state"].shape == (2, 18)
+    finally:
+        env.close()
+
+
+def test_a_task_config_naming_both_or_neither_builder_is_refused():
+    from robopol.errors import ConfigError
+
+    task = compose("collect", ["task=isaaclab/ur5e_reach", "out=unused", "task.gym_id=Isaac-Foo-v0"]).task
+    with pytest.raises(ConfigError, match="set either task.gym_id or both task.env_class and task.env_cfg"):
+        make_env(task, num_envs=2, seed=0)

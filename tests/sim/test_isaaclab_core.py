@@ -92,3 +92,27 @@ def test_missing_isaaclab_is_one_line_naming_the_extra_and_python():
     with pytest.raises(MissingExtraError, match=r"Python 3\.\d+ environment .*needs Python 3\.12 and the "
                                                 r"'isaaclab' extra: run scripts/isaaclab_env\.sh"):
         make_env(task, num_envs=2, seed=0)
+
+
+def test_authored_usd_has_the_arm_as_rigid_bodies_hinges_and_primitive_colliders(tmp_path):
+    pxr = pytest.importorskip("pxr", reason="USD (pxr) comes with the Isaac Lab environment")
+    from robopol.sim.isaaclab.assets import author_arm_usd
+
+    path = author_arm_usd(ur5e_mjcf(), tmp_path / "ur5e.usda", root_name="ur5e")
+    stage = pxr.Usd.Stage.Open(str(path))
+    physics, geom = pxr.UsdPhysics, pxr.UsdGeom
+    bodies = [p for p in stage.Traverse() if p.HasAPI(physics.RigidBodyAPI)]
+    assert [p.GetName() for p in bodies] == ["base", "shoulder_link", "upper_arm_link", "forearm_link",
+                                             "wrist_1_link", "wrist_2_link", "wrist_3_link"]
+    assert [p.GetName() for p in stage.Traverse() if p.HasAPI(physics.ArticulationRootAPI)] == ["base"]
+    joints = {p.GetName(): physics.RevoluteJoint(p) for p in stage.Traverse() if p.IsA(physics.RevoluteJoint)}
+    assert list(joints) == ["shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint",
+                            "wrist_2_joint", "wrist_3_joint"]
+    assert joints["shoulder_pan_joint"].GetAxisAttr().Get() == "Z"
+    assert joints["shoulder_lift_joint"].GetAxisAttr().Get() == "Y"
+    assert joints["elbow_joint"].GetUpperLimitAttr().Get() == pytest.approx(180.0, abs=0.01)  # degrees
+    colliders = [p for p in stage.Traverse() if p.HasAPI(physics.CollisionAPI)]
+    assert len(colliders) == 9 and all(p.IsA(geom.Capsule) or p.IsA(geom.Cylinder) for p in colliders)
+    assert not any(p.IsA(geom.Mesh) for p in stage.Traverse())  # visual meshes are left out
+    mass = physics.MassAPI(stage.GetPrimAtPath("/ur5e/upper_arm_link"))
+    assert mass.GetMassAttr().Get() == pytest.approx(8.393)
