@@ -3,6 +3,8 @@
 # physics, CPU or GPU), and install this checkout into it. One command; re-running it is cheap.
 #
 #   scripts/isaaclab_env.sh            # then: $ROBOPOL_ISAACLAB_VENV/bin/robopol ... task=isaaclab/ur5e_reach
+#   scripts/isaaclab_env.sh --warm     # also build each robopol Isaac Lab task once, so that Warp compiles its
+#                                      # kernels now (~90 s on 2 cores) instead of in the first real run
 #
 # ROBOPOL_ISAACLAB_VENV  where the environment lives (default ~/.cache/robopol/isaaclab-venv: ~8 GB, outside the
 #                        checkout, so that clones and CI runs share it). It is rebuilt from scratch when
@@ -10,6 +12,8 @@
 # PYTHON312              the Python 3.12 interpreter (default: python3.12 on PATH, else pyenv's 3.12.x).
 # Exit status 3: no Python 3.12 interpreter was found.
 set -euo pipefail
+warm=false
+[ "${1:-}" = "--warm" ] && warm=true
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${ROBOPOL_ISAACLAB_VENV:-$HOME/.cache/robopol/isaaclab-venv}"
 
@@ -40,3 +44,22 @@ else
     "$venv/bin/pip" install -q --no-deps -e "$root"
 fi
 echo "isaaclab_env: ready: $venv ($("$venv/bin/python" -c 'import isaaclab, torch; print(f"isaaclab {isaaclab.__version__}, torch {torch.__version__}")' 2>/dev/null))"
+if $warm; then
+    # Warp caches compiled kernels in ~/.cache/warp (WARP_CACHE_PATH); one step of each task fills it.
+    "$venv/bin/python" - <<'PY'
+import time
+
+import numpy as np
+
+from robopol.cli.app import compose
+from robopol.tasks import make_env
+
+for name in ("isaaclab/ur5e_reach", "isaaclab/ur5e_push"):
+    t0 = time.perf_counter()
+    env = make_env(compose("collect", [f"task={name}", "out=unused"]).task, num_envs=2, seed=0)
+    env.reset(seed=0)
+    env.step(np.zeros((2, 3)))
+    env.close()
+    print(f"isaaclab_env: {name} built and stepped in {time.perf_counter() - t0:.0f} s (Warp kernel cache warm)")
+PY
+fi

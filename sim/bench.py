@@ -9,7 +9,8 @@ messages), measured after the envs are built.
 
 Where Isaac Lab 3 is installed (the Python 3.12 environment), the ``isaaclab`` suite adds one row per env count
 (4 ... 1024) for the Isaac Lab UR5e reach task on the tensor path, each in a fresh process, beside the
-MuJoCo worker pool on OGBench's UR5e cube task; ``sim_suites=[isaaclab]`` measures only those.
+MuJoCo worker pool on OGBench's UR5e cube task, and plots them (``sim_isaaclab.png``); ``sim_suites=[isaaclab]``
+measures only those.
 """
 
 from __future__ import annotations
@@ -154,6 +155,28 @@ def isaaclab_rate(num_envs: int, seconds: float, seed: int = 0) -> dict[str, flo
         return pool.apply(_isaaclab_worker, (num_envs, seconds, seed))
 
 
+def plot_isaaclab(rows: list[dict[str, Any]], path: Path) -> None:
+    """Env steps/s against the number of envs (log-log), with the MuJoCo pool as a horizontal line."""
+    from robopol.bench.report import pyplot
+
+    plt = pyplot()
+    isaac = [r for r in rows if r["suite"] == "isaaclab"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot([r["envs"] for r in isaac], [r["isaaclab_steps_s"] for r in isaac], "o-",
+            label=f"Isaac Lab {ISAACLAB_TASK} ({isaac[0]['device']})")
+    for r in rows:
+        if r["suite"] != "isaaclab":
+            ax.axhline(r["grouped_pool_steps_s"], color="gray", ls="--",
+                       label=f"MuJoCo pool, {r['task']} ({r['envs']} envs)")
+    ax.set(xscale="log", yscale="log", xlabel="parallel envs", ylabel="env steps / s")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def bench_isaaclab(env_counts: list[int], seconds: float) -> list[dict[str, Any]]:
     """Isaac Lab rows (one per env count) and the MuJoCo worker pool on the OGBench UR5e task beside them."""
     import importlib.util
@@ -187,6 +210,8 @@ def bench_sim(out_dir: str, quick: bool = False, suites: tuple[str, ...] = ("muj
         isaaclab_envs = isaaclab_envs[:2]
     if "mujoco" not in suites:
         rows += bench_isaaclab(list(isaaclab_envs), seconds)
+        if rows:
+            plot_isaaclab(rows, Path(out_dir) / "sim_isaaclab.png")
         write_report("sim", rows, out_dir, notes=_ISAACLAB_NOTE)
         return rows
     for name in QUICK_STEP_TASKS if quick else STEP_TASKS:
@@ -218,8 +243,10 @@ def bench_sim(out_dir: str, quick: bool = False, suites: tuple[str, ...] = ("muj
                   f"{cube['grouped_speedup']:.2f}x with 4 ({verdict} the 1.7x target).")
     if "isaaclab" in suites:
         isaac = bench_isaaclab(list(isaaclab_envs), seconds)
-        rows += isaac
-        notes += " " + _ISAACLAB_NOTE if isaac else ""
+        if isaac:
+            rows += isaac
+            notes += " " + _ISAACLAB_NOTE
+            plot_isaaclab(isaac, Path(out_dir) / "sim_isaaclab.png")
     write_report("sim", rows, out_dir, notes=notes)
     return rows
 

@@ -97,7 +97,7 @@ class IsaacLabEnv:
     def __init__(self, env: Any, name: str, observation: dict[str, str], action_low: list[float],
                  action_high: list[float], success_term: str = "terminated", seed: int = 0,
                  autoreset: bool = False) -> None:
-        self.env = env
+        self.env, self.name = env, name
         self.device = torch.device(env.device)
         self.num_envs = int(env.num_envs)
         self.autoreset = autoreset
@@ -117,6 +117,7 @@ class IsaacLabEnv:
         env._reset_idx = self._reset_idx  # every reset, Isaac Lab's own auto-resets included, draws new seeds
 
         obs = self._groups_to_obs(env.reset()[0])  # shapes for the spec
+        # that reset drew one seed per env: the first reset() without a seed starts at ``seed`` again
         self._next_seeds = seed + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
         n_act = len(action_low)
         if len(action_high) != n_act or n_act == 0:
@@ -157,9 +158,8 @@ class IsaacLabEnv:
         obs = {}
         for key, group in self.groups.items():
             if group not in groups:
-                raise ConfigError(f"task '{getattr(self, 'spec', None) and self.spec.task}': observation group "
-                                  f"'{group}' (for key '{key}') is not one of the task's groups "
-                                  f"{sorted(groups)}")
+                raise ConfigError(f"task '{self.name}': task.observation maps '{key}' to the observation group "
+                                  f"'{group}', which the task does not have; its groups: {sorted(groups)}")
             value = groups[group]
             if isinstance(value, dict):
                 value = torch.cat([v.reshape(v.shape[0], -1) for v in value.values()], dim=-1)

@@ -116,6 +116,8 @@ class UR5eReachEnvCfg(DirectRLEnvCfg):
     ik_damping: float = 0.05
     orientation_gain: float = 0.5
     """Fraction of the flange's orientation error corrected per step."""
+    flange_floor: float = 0.05
+    """Lowest flange height (m above the table) the actions can command."""
 
 
 @configclass
@@ -136,7 +138,7 @@ class UR5ePushEnvCfg(UR5eReachEnvCfg):
     min_push: float = 0.10
     success_distance: float = 0.04
     flange_floor: float = 0.012
-    """Lowest flange height the IK targets (the tool disc then clears the table)."""
+    """Low enough for the tool disc to push the cube, high enough to clear the table."""
 
 
 class UR5eReachEnv(DirectRLEnv):
@@ -173,14 +175,11 @@ class UR5eReachEnv(DirectRLEnv):
         # lead the flange by more than MAX_LEAD (no wind-up against an obstacle).
         goal = self.flange_goal + ACTION_STEP * actions.clamp(-1.0, 1.0)
         goal = kin.ee_pos + (goal - kin.ee_pos).clamp(-MAX_LEAD, MAX_LEAD)
-        goal[:, 2] = goal[:, 2].clamp(min=self.flange_floor())
+        goal[:, 2] = goal[:, 2].clamp(min=self.cfg.flange_floor)
         self.flange_goal = goal
         error = torch.cat([goal - kin.ee_pos,
                            self.cfg.orientation_gain * orientation_error(kin.ee_rot, self.down)], dim=-1)
         self.target = q + damped_least_squares(kin.jacobian(), error, self.cfg.ik_damping)
-
-    def flange_floor(self) -> float:
-        return 0.05
 
     def _apply_action(self) -> None:
         self.robot.actuators.target_command.set_position_index(value=self.target, joint_ids=self.joint_ids)
@@ -230,9 +229,6 @@ class UR5ePushEnv(UR5eReachEnv):
     def __init__(self, cfg: UR5ePushEnvCfg, render_mode: str | None = None, **kwargs) -> None:
         super().__init__(cfg, render_mode, **kwargs)
         self.cube = self.scene["cube"]
-
-    def flange_floor(self) -> float:
-        return self.cfg.flange_floor
 
     def cube_pos(self) -> torch.Tensor:
         """(N, 3) cube centre in the env frame."""

@@ -21,3 +21,4 @@ def test_isaaclab_rows_beside_the_mujoco_pool(tmp_path):
     (mujoco,) = [r for r in rows if r["suite"] == "ogbench"]
     assert mujoco["task"] == "cube_single" and mujoco["grouped_pool_steps_s"] > 0
     assert json.loads((tmp_path / "sim.json").read_text())["rows"] == rows
+    assert (tmp_path / "sim_isaaclab.png").stat().st_size > 0

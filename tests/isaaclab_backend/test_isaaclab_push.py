@@ -69,3 +69,19 @@ def test_a_task_config_naming_both_or_neither_builder_is_refused():
     task = compose("collect", ["task=isaaclab/ur5e_reach", "out=unused", "task.gym_id=Isaac-Foo-v0"]).task
     with pytest.raises(ConfigError, match="set either task.gym_id or both task.env_class and task.env_cfg"):
         make_env(task, num_envs=2, seed=0)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("task.observation={state:critic}", r"maps 'state' to the observation group 'critic', which the task does "
+                                        r"not have; its groups: \['policy'\]"),
+    ("task.action_low=[-1,-1]", r"task.action_low and task.action_high need one bound per action dimension, "
+                                r"got 2 and 3"),
+    ("task.success_term=reached", r"success_term='reached' names a termination term, which only manager-based "
+                                  r"tasks have"),
+])
+def test_a_task_config_that_does_not_fit_the_task_is_one_clear_error(override, message):
+    from robopol.errors import ConfigError
+
+    task = compose("collect", ["task=isaaclab/ur5e_reach", "out=unused", override]).task
+    with pytest.raises(ConfigError, match=message):
+        make_env(task, num_envs=2, seed=0)
