@@ -659,7 +659,7 @@ class BenchCommand:
     demos: int = 200
     """inference, scale: expert demonstrations to train on."""
     sim_suites: list[str] = field(default_factory=lambda: ["mujoco", "isaaclab"])
-    """sim: suites to measure: mujoco (every MuJoCo task, both back ends) and isaaclab (the Isaac Lab UR5e reach rows, where Isaac Lab is installed, beside the MuJoCo pool on OGBench's UR5e task)."""
+    """sim: suites to measure: mujoco (every MuJoCo task, both back ends) and isaaclab (the Isaac Lab UR5e reach and push rows, where Isaac Lab is installed, beside the MuJoCo pool on OGBench's UR5e task)."""
     isaaclab_envs: list[int] = field(default_factory=lambda: [4, 16, 64, 256, 1024])
     """sim: env counts of the Isaac Lab rows."""
     latency_plans: int = 300

@@ -8,7 +8,7 @@ with its expert, in this process and with two workers (whole episodes per worker
 messages), measured after the envs are built.
 
 Where Isaac Lab 3 is installed (the Python 3.12 environment), the ``isaaclab`` suite adds one row per env count
-(4 ... 1024) for the Isaac Lab UR5e reach task on the tensor path, each in a fresh process, beside the
+(4 ... 1024) for the Isaac Lab UR5e reach and push tasks on the tensor path, each in a fresh process, beside the
 MuJoCo worker pool on OGBench's UR5e cube task, and plots them (``sim_isaaclab.png``); ``sim_suites=[isaaclab]``
 measures only those.
 """
@@ -116,16 +116,16 @@ def collect_rate(name: str, episodes: int, num_workers: int) -> tuple[float, flo
     return result.steps_per_second, result.expert_success_rate
 
 
-ISAACLAB_TASK = "isaaclab/ur5e_reach"
+ISAACLAB_TASKS = ("isaaclab/ur5e_reach", "isaaclab/ur5e_push")
 ISAACLAB_REFERENCE = "cube_single"
 """The MuJoCo task the Isaac Lab rows are compared with: OGBench's UR5e arm (with its gripper and a cube)."""
 
 
-def _isaaclab_worker(num_envs: int, seconds: float, seed: int) -> dict[str, float]:
+def _isaaclab_worker(task: str, num_envs: int, seconds: float, seed: int) -> dict[str, float]:
     import torch
 
     t0 = time.perf_counter()
-    env = make_env(compose("collect", [f"task={ISAACLAB_TASK}", "out=unused"]).task, num_envs=num_envs, seed=seed)
+    env = make_env(compose("collect", [f"task={task}", "out=unused"]).task, num_envs=num_envs, seed=seed)
     try:
         startup = time.perf_counter() - t0
         env.autoreset = True
@@ -146,13 +146,13 @@ def _isaaclab_worker(num_envs: int, seconds: float, seed: int) -> dict[str, floa
         env.close()
 
 
-def isaaclab_rate(num_envs: int, seconds: float, seed: int = 0) -> dict[str, float]:
-    """Env steps/s of the Isaac Lab UR5e reach task with ``num_envs`` envs and random actions (auto-reset), on
-    the tensor path; a fresh process per measurement, as Isaac Lab runs one simulation per process."""
+def isaaclab_rate(task: str, num_envs: int, seconds: float, seed: int = 0) -> dict[str, float]:
+    """Env steps/s of an Isaac Lab task with ``num_envs`` envs and random actions (auto-reset), on the tensor
+    path; a fresh process per measurement, as Isaac Lab runs one simulation per process."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_isaaclab_worker, (num_envs, seconds, seed))
+        return pool.apply(_isaaclab_worker, (task, num_envs, seconds, seed))
 
 
 def plot_isaaclab(rows: list[dict[str, Any]], path: Path) -> None:
@@ -160,10 +160,11 @@ def plot_isaaclab(rows: list[dict[str, Any]], path: Path) -> None:
     from robopol.bench.report import pyplot
 
     plt = pyplot()
-    isaac = [r for r in rows if r["suite"] == "isaaclab"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot([r["envs"] for r in isaac], [r["isaaclab_steps_s"] for r in isaac], "o-",
-            label=f"Isaac Lab {ISAACLAB_TASK} ({isaac[0]['device']})")
+    for task in dict.fromkeys(r["task"] for r in rows if r["suite"] == "isaaclab"):
+        isaac = [r for r in rows if r["task"] == task]
+        ax.plot([r["envs"] for r in isaac], [r["isaaclab_steps_s"] for r in isaac], "o-",
+                label=f"Isaac Lab {task} ({isaac[0]['device']})")
     for r in rows:
         if r["suite"] != "isaaclab":
             ax.axhline(r["grouped_pool_steps_s"], color="gray", ls="--",
@@ -186,10 +187,11 @@ def bench_isaaclab(env_counts: list[int], seconds: float) -> list[dict[str, Any]
               "(Python 3.12 with the 'isaaclab' extra: scripts/isaaclab_env.sh)")
         return []
     rows = []
-    for n in env_counts:
-        result = isaaclab_rate(n, seconds)
-        rows.append({"suite": "isaaclab", "task": ISAACLAB_TASK, "envs": n, "device": result["device"],
-                     "isaaclab_steps_s": result["steps_s"], "startup_s": result["startup_s"]})
+    for task in ISAACLAB_TASKS:
+        for n in env_counts:
+            result = isaaclab_rate(task, n, seconds)
+            rows.append({"suite": "isaaclab", "task": task, "envs": n, "device": result["device"],
+                         "isaaclab_steps_s": result["steps_s"], "startup_s": result["startup_s"]})
     _, pool8, _ = backend_rates(ISAACLAB_REFERENCE, 8, seconds, envs_per_worker=4)
     rows.append({"suite": "ogbench", "task": ISAACLAB_REFERENCE, "envs": 8, "device": "cpu",
                  "grouped_pool_steps_s": pool8})
@@ -251,8 +253,8 @@ def bench_sim(out_dir: str, quick: bool = False, suites: tuple[str, ...] = ("muj
     return rows
 
 
-_ISAACLAB_NOTE = (f"Isaac Lab rows: {ISAACLAB_TASK} (kit-less Newton, MuJoCo-Warp solver, 0.05 s control step of 2 "
-                  f"physics steps), random actions with auto-reset on the tensor path, one fresh process per env "
-                  f"count (startup_s: to the first step, with the Warp kernel cache warm). Beside them, the MuJoCo "
-                  f"worker pool (2 workers x 4 envs) on {ISAACLAB_REFERENCE}, OGBench's UR5e with a gripper and a "
-                  f"cube.")
+_ISAACLAB_NOTE = ("Isaac Lab rows: the UR5e reach and push tasks (kit-less Newton, MuJoCo-Warp solver; a 0.05 s "
+                  "control step of 2 physics steps for reach, 5 for push, which has the cube's contacts), random "
+                  "actions with auto-reset on the tensor path, one fresh process per task and env count (startup_s: "
+                  "to the first step, with the Warp kernel cache warm). Beside them, the MuJoCo worker pool (2 "
+                  f"workers x 4 envs) on {ISAACLAB_REFERENCE}, OGBench's UR5e with a gripper and a cube.")

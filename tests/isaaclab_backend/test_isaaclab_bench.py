@@ -15,7 +15,8 @@ from robopol.sim import bench  # noqa: E402
 def test_isaaclab_rows_beside_the_mujoco_pool(tmp_path):
     rows = bench.bench_sim(str(tmp_path), quick=True, suites=("isaaclab",), isaaclab_envs=(2, 8, 64))
     isaac = [r for r in rows if r["suite"] == "isaaclab"]
-    assert [r["envs"] for r in isaac] == [2, 8]  # quick: the first two counts
+    assert [(r["task"], r["envs"]) for r in isaac] == [  # quick: the first two counts
+        ("isaaclab/ur5e_reach", 2), ("isaaclab/ur5e_reach", 8), ("isaaclab/ur5e_push", 2), ("isaaclab/ur5e_push", 8)]
     for row in isaac:
         assert row["isaaclab_steps_s"] > 0 and row["startup_s"] > 0 and row["device"] == "cpu"
     (mujoco,) = [r for r in rows if r["suite"] == "ogbench"]
