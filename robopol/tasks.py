@@ -141,7 +141,7 @@ class IsaacLabTaskConfig(TaskConfig):
     env_cfg: str = "robopol.sim.isaaclab.ur5e:UR5eReachEnvCfg"
     """``module:Class`` of its config class."""
     device: str = "cpu"
-    """Simulation device: cpu, or cuda / cuda:N (the same task runs on a GPU by this switch alone)."""
+    """Simulation device: cpu, or cuda / cuda:N for a GPU (the one switch a GPU run needs; untested without a GPU)."""
     observation: dict[str, str] = field(default_factory=lambda: {"state": "policy"})
     """robopol observation key -> Isaac Lab observation group."""
     action_low: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0])

@@ -1,7 +1,7 @@
 """robopol's own Isaac Lab tasks: a UR5e on a table, built from primitives and a packaged MJCF (no downloads).
 
-Both are ``DirectRLEnv`` tasks that run kit-less on Newton's MuJoCo-Warp solver, on the CPU here and on a
-GPU by changing ``device`` alone:
+Both are ``DirectRLEnv`` tasks that run kit-less on Newton's MuJoCo-Warp solver. Every tensor stays on the
+simulation device, so ``device`` is meant to be the one switch for a GPU (tested on the CPU only):
 
 - ``ur5e_reach``: bring the tool flange within 3 cm of a random goal in the workspace;
 - ``ur5e_push``: push a 4 cm cube across the table to within 4 cm of a random goal.
