@@ -19,12 +19,10 @@ import torch
 
 from robopol.errors import ConfigError
 
-CUBE_HALF = 0.02
 TOOL_RADIUS = 0.04
+"""Radius of the UR5e's flange cylinder (its MJCF ``eef_collision`` geom), the disc that pushes."""
 SAFE_HEIGHT = 0.10
-PUSH_HEIGHT = 0.012
-BEHIND = CUBE_HALF + TOOL_RADIUS + 0.015
-"""Distance from the cube centre to the tool axis when lined up to push."""
+"""Flange height for travelling over the cube."""
 PUSH_SPEED = 0.6
 """Fraction of full speed while pushing (a gentler contact keeps the cube from being flung)."""
 
@@ -39,10 +37,13 @@ class UR5eExpert:
                               f"not one of them")
         if noise < 0:
             raise ConfigError(f"noise must be >= 0, got {noise}")
-        from robopol.sim.isaaclab.ur5e import ACTION_STEP
+        from robopol.sim.isaaclab.ur5e import ACTION_STEP, CUBE_SIZE
 
         self.env, self.task, self.noise = env, task, float(noise)
         self.step = ACTION_STEP
+        self.push_height = task.cfg.flange_floor  # as low as the task lets the flange go
+        self.behind = CUBE_SIZE / 2 + TOOL_RADIUS + 0.015
+        """Distance from the cube centre to the tool axis when lined up to push."""
         self.push = hasattr(task, "cube_pos")
         self.generator = torch.Generator(device=env.device)
         self.reset(seed)
@@ -67,28 +68,24 @@ class UR5eExpert:
         cube, goal = self.task.cube_pos(), self.task.goal
         line = goal[:, :2] - cube[:, :2]
         direction = line / torch.linalg.norm(line, dim=-1, keepdim=True).clamp(min=1e-6)
-        behind = cube[:, :2] - BEHIND * direction
+        behind = cube[:, :2] - self.behind * direction
         rel = flange[:, :2] - cube[:, :2]
         along = (rel * direction).sum(-1)  # negative: behind the cube
-        across = rel[:, 0] * direction[:, 1] - rel[:, 1] * direction[:, 0]
-        lined_up = (along < -BEHIND + 0.02) & (across.abs() < 0.02)
-        low = flange[:, 2] < PUSH_HEIGHT + 0.02
+        normal = torch.stack([direction[:, 1], -direction[:, 0]], dim=-1)
+        across = (rel * normal).sum(-1)  # signed distance from the line
+        lined_up = (along < -self.behind + 0.02) & (across.abs() < 0.02)
+        low = flange[:, 2] < self.push_height + 0.02
         above_start = torch.linalg.norm(flange[:, :2] - behind, dim=-1) < 0.015
 
-        def at(xy: torch.Tensor, z: float | torch.Tensor) -> torch.Tensor:
-            height = z if isinstance(z, torch.Tensor) else torch.full_like(xy[:, 0], z)
-            return torch.cat([xy, height[:, None]], dim=-1)
+        def at(xy: torch.Tensor, height: float) -> torch.Tensor:
+            return torch.cat([xy, torch.full_like(xy[:, :1], height)], dim=-1)
 
         # pushing: move along the line, steering sideways towards it (the cube drifts off it otherwise)
-        push = at(flange[:, :2] + PUSH_SPEED * self.step * direction - 0.5 * across[:, None] * _normal(direction), PUSH_HEIGHT)
-        descend = at(behind, PUSH_HEIGHT)
+        push_xy = flange[:, :2] + PUSH_SPEED * self.step * direction - 0.5 * across[:, None] * normal
+        push = at(push_xy, self.push_height)
+        descend = at(behind, self.push_height)
         travel = at(behind, SAFE_HEIGHT)
         rise = at(flange[:, :2], SAFE_HEIGHT)
         target = torch.where((low & ~lined_up)[:, None], rise, travel)
         target = torch.where(above_start[:, None], descend, target)
         return torch.where((low & lined_up)[:, None], push, target)
-
-
-def _normal(direction: torch.Tensor) -> torch.Tensor:
-    """The left normal of 2-D unit vectors, sign-matched to ``across`` above."""
-    return torch.stack([direction[:, 1], -direction[:, 0]], dim=-1)

@@ -6,8 +6,7 @@ with ``pxr.UsdPhysics``: MuJoCo's C library compiles the MJCF (so every default 
 and each body becomes a rigid body at its zero-angle pose with its inertia, its capsule / cylinder collision
 geoms (visual meshes are left out: nothing here renders), and a revolute joint to its parent whose frame is
 the child body's frame. The root body stays free here: the spawner fixes it to the world where it places
-the robot (``fix_root_link``). The file is cached by the MJCF's
-content, so it is written once per machine.
+the robot (``fix_root_link``). The file is cached by the MJCF's content, so it is written once per machine.
 """
 
 from __future__ import annotations
