@@ -661,7 +661,7 @@ class BenchCommand:
     sim_suites: list[str] = field(default_factory=lambda: ["mujoco", "isaaclab"])
     """sim: suites to measure: mujoco (every MuJoCo task, both back ends) and isaaclab (the Isaac Lab UR5e reach and push rows, where Isaac Lab is installed, beside the MuJoCo pool on OGBench's UR5e task)."""
     isaaclab_envs: list[int] = field(default_factory=lambda: [4, 16, 64, 256, 1024])
-    """sim: env counts of the Isaac Lab rows."""
+    """sim: env counts of the Isaac Lab rows (quick: the first two)."""
     latency_plans: int = 300
     """inference: planning calls timed at batch 1 per sampler (whole episodes, run until this many)."""
     latency_threads: int = 1

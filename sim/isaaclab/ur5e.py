@@ -109,11 +109,15 @@ class UR5eReachEnvCfg(DirectRLEnvCfg):
     sim: SimulationCfg = SimulationCfg(dt=0.025, device="cpu", render_interval=2, physics=_physics())
     scene: InteractiveSceneCfg = UR5eSceneCfg(num_envs=4, env_spacing=2.5, replicate_physics=True)
     goal_low: tuple[float, float, float] = (0.35, -0.25, 0.10)
+    """Lower corner of the box goals are drawn from (env frame, metres)."""
     goal_high: tuple[float, float, float] = (0.60, 0.25, 0.40)
+    """Upper corner of that box."""
     success_distance: float = 0.03
+    """Flange-goal distance (m) that counts as success and ends the episode."""
     joint_noise: float = 0.05
     """Uniform noise (radians) on the home joint angles at reset."""
     ik_damping: float = 0.05
+    """Damping of the least-squares IK step (bounds joint steps near singular poses)."""
     orientation_gain: float = 0.5
     """Fraction of the flange's orientation error corrected per step."""
     flange_floor: float = 0.05
@@ -132,11 +136,17 @@ class UR5ePushEnvCfg(UR5eReachEnvCfg):
     sim: SimulationCfg = SimulationCfg(dt=0.01, device="cpu", render_interval=5, physics=_physics())
     scene: InteractiveSceneCfg = UR5ePushSceneCfg(num_envs=4, env_spacing=2.5, replicate_physics=True)
     cube_low: tuple[float, float] = (0.40, -0.15)
+    """Lower corner of the cube's start area on the table (x, y; m)."""
     cube_high: tuple[float, float] = (0.55, 0.15)
+    """Upper corner of that area."""
     goal_low: tuple[float, float, float] = (0.35, -0.25, CUBE_SIZE / 2)
+    """Lower corner of the goal area (z: the cube's centre height on the table)."""
     goal_high: tuple[float, float, float] = (0.60, 0.25, CUBE_SIZE / 2)
+    """Upper corner of the goal area."""
     min_push: float = 0.10
+    """Least start distance (m) between cube and goal; closer goals are moved away along the cube-goal line."""
     success_distance: float = 0.04
+    """Cube-goal distance (m, in the table plane) that counts as success."""
     flange_floor: float = 0.012
     """Low enough for the tool disc to push the cube, high enough to clear the table."""
 
