@@ -13,19 +13,20 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+CORES = len(os.sched_getaffinity(0))
 MAX_WORKERS = 4
 """``-n auto`` (the default in pyproject.toml) starts one worker per core up to this many: many tests start
 CLI subprocesses of their own, so more workers would only compete for the same cores and memory."""
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    return max(1, min(MAX_WORKERS, CORES))
 
 
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     # Workers share the cores: each, and every CLI subprocess it starts, gets its share of torch threads
     # rather than all of them (oversubscribed threads made the suite slower, not faster).
-    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _threads = max(1, CORES // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
 

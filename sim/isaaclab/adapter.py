@@ -25,8 +25,9 @@ Semantics made explicit (they are what bootstrapping and episode recording rely 
   ``autoreset=True`` the step returns the new episodes' first observations (and ``final_obs``); with
   ``autoreset=False`` (the default, robopol's contract) a finished env is frozen: it repeats its final
   observation and flags with zero reward until ``reset_done`` or ``reset``. Isaac Lab cannot skip an env, so
-  a frozen env's new episode is stepped anyway; ``reset_done`` then resets such envs once more, so every
-  episode robopol sees starts fresh from its seed.
+  a frozen env's new episode is stepped anyway; ``reset_done`` then resets such envs once more (with their
+  next seed, so the hidden episode's seed is skipped), and every episode robopol sees starts fresh from its
+  seed. ``episode_info`` reports the seed of the episode an env shows.
 - **Seeds**: env ``i`` starts with episode seed ``seed + i`` and each later episode takes ``num_envs`` more, as
   in ``robopol.sim.vector``. Tasks with an ``episode_seeds`` tensor (robopol's own) draw their resets from it,
   so an episode is a function of its seed; other Isaac Lab tasks draw from Isaac Lab's global generator.
@@ -112,6 +113,8 @@ class IsaacLabEnv:
             raise ConfigError(f"task '{name}': success_term={success_term!r} names a termination term, which only "
                               f"manager-based tasks have; use 'terminated' or ''")
         self.episode_seeds = torch.zeros(self.num_envs, dtype=torch.int64, device=self.device)
+        """Seed of the episode each env shows (a frozen env's is its finished episode's until ``reset_done``)."""
+        self._sim_seeds = torch.zeros_like(self.episode_seeds)  # of the episode Isaac Lab is running
         self._next_seeds = seed + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
         self._reset_task_idx = env._reset_idx
         env._reset_idx = self._reset_idx  # every reset, Isaac Lab's own auto-resets included, draws new seeds
@@ -148,10 +151,10 @@ class IsaacLabEnv:
     def _reset_idx(self, env_ids: Any) -> None:
         ids = torch.arange(self.num_envs, device=self.device) if env_ids is None else \
             torch.as_tensor(env_ids, device=self.device).long()
-        self.episode_seeds[ids] = self._next_seeds[ids]
+        self._sim_seeds[ids] = self._next_seeds[ids]
         self._next_seeds[ids] += self.num_envs
         if hasattr(self.env, "episode_seeds"):
-            self.env.episode_seeds[ids] = self.episode_seeds[ids]
+            self.env.episode_seeds[ids] = self._sim_seeds[ids]
         self._reset_task_idx(env_ids)
 
     def _groups_to_obs(self, groups: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -198,6 +201,7 @@ class IsaacLabEnv:
         if seed is not None:
             self._next_seeds = seed + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
         self._obs = self._groups_to_obs(self.env.reset()[0])
+        self.episode_seeds = self._sim_seeds.clone()
         self._done[:] = self._stale[:] = False
         for flag in self._flags:
             flag[:] = False
@@ -221,6 +225,7 @@ class IsaacLabEnv:
         ended = terminated | truncated
         if self.autoreset:
             self._obs = obs
+            self.episode_seeds = self._sim_seeds.clone()
             return TensorStep(obs={k: v.clone() for k, v in obs.items()}, reward=reward, terminated=terminated,
                               truncated=truncated, success=success, final_obs=final, clipped=clipped)
         frozen = self._done
@@ -257,6 +262,7 @@ class IsaacLabEnv:
             if len(stale):
                 first = torch.where(self._stale[:, None], fresh[key], first)
             self._obs[key] = torch.where(done[:, None], first, self._obs[key])
+        self.episode_seeds = torch.where(done, self._sim_seeds, self.episode_seeds)
         self._done[:] = self._stale[:] = False
         for flag in self._flags:
             flag[:] = False
