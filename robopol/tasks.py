@@ -153,7 +153,7 @@ class IsaacLabTaskConfig(TaskConfig):
     term's name, or '' (never)."""
     warp_cache: str = ""
     """Warp kernel cache directory (default: Warp's own, ~/.cache/warp); keep it between runs: a cold cache
-    costs about a minute of kernel compilation per process."""
+    costs minutes of kernel compilation."""
 
 
 # Schema of each task option (``configs/task/<name>.yaml`` extends ``/schemas/task/<schema>``).

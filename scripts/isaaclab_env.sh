@@ -4,7 +4,7 @@
 #
 #   scripts/isaaclab_env.sh            # then: $ROBOPOL_ISAACLAB_VENV/bin/robopol ... task=isaaclab/ur5e_reach
 #   scripts/isaaclab_env.sh --warm     # also build each robopol Isaac Lab task once, so that Warp compiles its
-#                                      # kernels now (~90 s on 2 cores) instead of in the first real run
+#                                      # kernels now (2-3 min on 2 cores when cold) instead of in the first run
 #
 # ROBOPOL_ISAACLAB_VENV  where the environment lives (default ~/.cache/robopol/isaaclab-venv: ~8 GB, outside the
 #                        checkout, so that clones and CI runs share it). It is rebuilt from scratch when
