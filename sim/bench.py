@@ -121,7 +121,7 @@ ISAACLAB_REFERENCE = "cube_single"
 """The MuJoCo task the Isaac Lab rows are compared with: OGBench's UR5e arm (with its gripper and a cube)."""
 
 
-def _isaaclab_worker(task: str, num_envs: int, seconds: float, seed: int) -> dict[str, float]:
+def _isaaclab_worker(task: str, num_envs: int, seconds: float, seed: int) -> dict[str, Any]:
     import torch
 
     t0 = time.perf_counter()
@@ -146,7 +146,7 @@ def _isaaclab_worker(task: str, num_envs: int, seconds: float, seed: int) -> dic
         env.close()
 
 
-def isaaclab_rate(task: str, num_envs: int, seconds: float, seed: int = 0) -> dict[str, float]:
+def isaaclab_rate(task: str, num_envs: int, seconds: float, seed: int = 0) -> dict[str, Any]:
     """Env steps/s of an Isaac Lab task with ``num_envs`` envs and random actions (auto-reset), on the tensor
     path; a fresh process per measurement, as Isaac Lab runs one simulation per process."""
     import multiprocessing as mp
@@ -166,9 +166,9 @@ def plot_isaaclab(rows: list[dict[str, Any]], path: Path) -> None:
         ax.plot([r["envs"] for r in isaac], [r["isaaclab_steps_s"] for r in isaac], "o-",
                 label=f"Isaac Lab {task} ({isaac[0]['device']})")
     for r in rows:
-        if r["suite"] != "isaaclab":
+        if r["task"] == ISAACLAB_REFERENCE and "grouped_pool_steps_s" in r:
             ax.axhline(r["grouped_pool_steps_s"], color="gray", ls="--",
-                       label=f"MuJoCo pool, {r['task']} ({r['envs']} envs)")
+                       label=f"MuJoCo pool, {r['task']} ({r['grouped_envs']} envs)")
     ax.set(xscale="log", yscale="log", xlabel="parallel envs", ylabel="env steps / s")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -178,8 +178,9 @@ def plot_isaaclab(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def bench_isaaclab(env_counts: list[int], seconds: float) -> list[dict[str, Any]]:
-    """Isaac Lab rows (one per env count) and the MuJoCo worker pool on the OGBench UR5e task beside them."""
+def bench_isaaclab(env_counts: list[int], seconds: float, reference: bool = True) -> list[dict[str, Any]]:
+    """Isaac Lab rows (one per task and env count) and, with ``reference``, a row for the MuJoCo worker pool
+    on the OGBench UR5e task to compare them with (the MuJoCo suite's own cube_single row serves otherwise)."""
     import importlib.util
 
     if importlib.util.find_spec("isaaclab_newton") is None:
@@ -192,9 +193,10 @@ def bench_isaaclab(env_counts: list[int], seconds: float) -> list[dict[str, Any]
             result = isaaclab_rate(task, n, seconds)
             rows.append({"suite": "isaaclab", "task": task, "envs": n, "device": result["device"],
                          "isaaclab_steps_s": result["steps_s"], "startup_s": result["startup_s"]})
-    _, pool8, _ = backend_rates(ISAACLAB_REFERENCE, 8, seconds, envs_per_worker=4)
-    rows.append({"suite": "ogbench", "task": ISAACLAB_REFERENCE, "envs": 8, "device": "cpu",
-                 "grouped_pool_steps_s": pool8})
+    if reference:
+        _, pool8, _ = backend_rates(ISAACLAB_REFERENCE, 8, seconds, envs_per_worker=4)
+        rows.append({"suite": "ogbench", "task": ISAACLAB_REFERENCE, "grouped_envs": 8, "device": "cpu",
+                     "grouped_pool_steps_s": pool8})
     return rows
 
 
@@ -244,11 +246,11 @@ def bench_sim(out_dir: str, quick: bool = False, suites: tuple[str, ...] = ("muj
         notes += (f" cube_single worker-pool speed-up {cube['speedup']:.2f}x with 1 env per worker, "
                   f"{cube['grouped_speedup']:.2f}x with 4 ({verdict} the 1.7x target).")
     if "isaaclab" in suites:
-        isaac = bench_isaaclab(list(isaaclab_envs), seconds)
+        isaac = bench_isaaclab(list(isaaclab_envs), seconds, reference=cube is None)
         if isaac:
             rows += isaac
             notes += " " + _ISAACLAB_NOTE
-            plot_isaaclab(isaac, Path(out_dir) / "sim_isaaclab.png")
+            plot_isaaclab(rows, Path(out_dir) / "sim_isaaclab.png")
     write_report("sim", rows, out_dir, notes=notes)
     return rows
 

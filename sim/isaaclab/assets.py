@@ -27,10 +27,8 @@ def ur5e_mjcf() -> Path:
     return Path(ogbench.__file__).parent / UR5E_MJCF
 
 
-def cache_dir() -> Path:
-    """Where authored assets live: ``$ROBOPOL_CACHE`` or ``~/.cache/robopol``, under ``isaaclab/``."""
-    root = Path(os.environ.get("ROBOPOL_CACHE", Path.home() / ".cache" / "robopol"))
-    return root / "isaaclab"
+CACHE_DIR = "~/.cache/robopol/isaaclab"
+"""Where authored assets are written once per machine."""
 
 
 def _quat(wxyz: np.ndarray):
@@ -141,5 +139,5 @@ def ur5e_usd() -> Path:
     """The UR5e articulation (from the ogbench wheel's MJCF), authored once and cached by content."""
     mjcf = ur5e_mjcf()
     digest = hashlib.sha256(mjcf.read_bytes() + Path(__file__).read_bytes()).hexdigest()[:16]
-    out = cache_dir() / f"ur5e_{digest}.usda"
+    out = Path(CACHE_DIR).expanduser() / f"ur5e_{digest}.usda"
     return out if out.exists() else author_arm_usd(mjcf, out, root_name="ur5e")
