@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import run_cli
 
 
@@ -57,3 +58,35 @@ def test_bench_inference_trains_every_model_and_reports_each_sampler(tmp_path):
     assert json.loads(summary.read_text())["nfe_per_action"] < 0.5
     bad = run_cli("eval", f"ckpt={models / 'meanflow'}", "sampler=ddim", "episodes=4", "videos=0", cwd=tmp_path)
     assert bad.returncode != 0 and "sampler must be one of one_step, euler, midpoint" in bad.stderr
+
+
+def test_latency_episodes_take_turns_until_every_sampler_has_its_calls(monkeypatch):
+    from robopol.bench import inference
+
+    class Actor:
+        def __init__(self, name: str, plans_per_episode: int) -> None:
+            self.name, self.plans_per_episode, self.plans = name, plans_per_episode, 0
+
+    class Env:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    played, env = [], Env()
+
+    def play(env_, actor, episodes, seed):
+        assert env_ is env and episodes == 1
+        played.append((actor.name, seed))
+        actor.plans += actor.plans_per_episode
+
+    monkeypatch.setattr(inference, "evaluate", play)
+    monkeypatch.setattr(inference, "make_env", lambda task, num_envs, seed: env)
+    monkeypatch.setattr(inference, "latency_summary", lambda actor: {"plans": actor.plans})
+    threads = torch.get_num_threads()
+    summaries = inference.time_samplers([Actor("a", 5), Actor("b", 2)], task=None, latency_plans=6,
+                                        latency_threads=1)
+    # the same seeds in turn; an actor with its calls sits out the later rounds
+    assert played == [("a", 5000), ("b", 5000), ("a", 5001), ("b", 5001), ("b", 5002)]
+    assert summaries == [{"plans": 10}, {"plans": 6}]
+    assert env.closed and torch.get_num_threads() == threads

@@ -82,6 +82,22 @@ def test_consistency_loss_by_hand_on_a_two_interval_flow_grid():
     assert student.head.net.scale.grad is not None and target.head.net.scale.grad is None
 
 
+@pytest.mark.parametrize("head", [FLOW_HEAD, {"_target_": "robopol.policies.diffusion.DiffusionPolicy",
+                                             "backbone": "mlp", "hidden_dims": [8], "prediction_type": "sample"}])
+def test_sampling_chains_the_consistency_function(head):
+    torch.manual_seed(0)
+    student = ConsistencyPolicy(1, 1, head, inference_steps=2)
+    obs = torch.randn(3, student.obs_steps, 1)
+    got = student.sample(obs, generator=torch.Generator().manual_seed(3))
+    # by hand: f at the top level on noise, then re-noised to scale 1/2 with fresh noise and mapped back
+    g = torch.Generator().manual_seed(3)
+    shape = (3, student.horizon, 1)
+    top, half = (student.head.level_at(scale).expand(3) for scale in (1.0, 0.5))
+    x = student.consistency(torch.randn(shape, generator=g), top, obs)
+    x = student.consistency(student.head.noised(x, torch.randn(shape, generator=g), half), half, obs)
+    torch.testing.assert_close(got, x)
+
+
 def test_action_matching_loss_by_hand():
     student, teacher = student_and_teacher(lambda x, t: x * 0, lambda x, t: x * 0 + 0.3)
     batch = {"obs": torch.zeros(4, 1, 1), "action": torch.zeros(4, 2, 1)}

@@ -5,7 +5,8 @@ head by behaviour cloning, distils two consistency students from the flow teache
 LCM-style loss), and then, for each sampler: the success rate over ``episodes`` episodes (10 envs stepped
 together), the network function evaluations per executed action (NFE/action) over those episodes, and the
 latency at batch 1 (p50 / p99 over at least ``latency_plans`` planning calls, in further whole episodes run
-one env at a time, on ``latency_threads`` torch threads: one, as ``robopol deploy`` runs the policy) of a
+one env at a time, the samplers taking turns, on ``latency_threads`` torch threads: one, as ``robopol deploy``
+runs the policy) of a
 whole planning call (``p50_ms``: observations in, actions out) and of the policy's chunk sampling inside it
 (``chunk_p50_ms``). RTI rows warm-start from the level :func:`robopol.runtime.pick_rti_noise_level` picks
 from the demonstrations. Models already trained in ``out_dir`` to the requested steps are reused, so a rerun
@@ -26,7 +27,7 @@ from robopol.bench.report import pyplot, save_figure, write_report
 from robopol.checkpoint import load_checkpoint
 from robopol.data.store import EpisodeStore
 from robopol.errors import CheckpointError, ConfigError
-from robopol.runtime import evaluate, latency_summary, load_actor, pick_rti_noise_level
+from robopol.runtime import ChunkActor, evaluate, latency_summary, load_actor, pick_rti_noise_level
 from robopol.schemas import RTIConfig
 from robopol.tasks import make_env
 
@@ -106,13 +107,21 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
     for model, run, sampler, sampler_steps, level in rows_spec:
         # RTI rows: the steps are the warm-started calls; the first call of an episode runs the full chain
         rti = RTIConfig(noise_level=level, steps=sampler_steps) if level is not None else None
-        row = evaluate_sampler(run, task, sampler, None if rti else sampler_steps, rti, episodes,
-                               latency_plans, latency_threads=cfg.latency_threads)
+        row = evaluate_sampler(run, task, sampler, None if rti else sampler_steps, rti, episodes)
         label = f"{sampler}-{sampler_steps}" + (f"@{level:.2f}" if rti else "")
         rows.append({"model": model, "sampler": label, **row})
         console.print(f"{model} {label}: success {100 * row['success']:.0f}% over {episodes} episodes, "
-                      f"{row['nfe_per_action']:.2f} NFE/action, p50 {row['p50_ms']:.2f} ms "
-                      f"({row['eval_s']:.0f} s)")
+                      f"{row['nfe_per_action']:.2f} NFE/action ({row['eval_s']:.0f} s)")
+    actors = [load_actor(str(run), sampler=sampler, steps=None if level is not None else sampler_steps,
+                         rti=RTIConfig(noise_level=level, steps=sampler_steps) if level is not None else None,
+                         seed=5000)[0]
+              for _, run, sampler, sampler_steps, level in rows_spec]
+    for row, timing in zip(rows, time_samplers(actors, task, latency_plans, cfg.latency_threads), strict=True):
+        row.update({"p50_ms": timing["latency_ms_p50"], "p99_ms": timing["latency_ms_p99"],
+                    "chunk_p50_ms": timing["chunk_ms_p50"], "chunk_p99_ms": timing["chunk_ms_p99"],
+                    "timed_plans": timing["plans"]})
+        console.print(f"{row['model']} {row['sampler']}: planning call p50 {row['p50_ms']:.2f} ms, "
+                      f"chunk p50 {row['chunk_p50_ms']:.2f} ms over {timing['plans']} calls")
     notes = (f"task {task.name}; {demos} expert demos; BC models {steps} steps, "
              f"consistency students {max(1, steps // 3)} distillation steps from the flow teacher; "
              f"success over {episodes} episodes (95% Wilson CI); latency of one planning call at batch 1 on "
@@ -125,34 +134,41 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def evaluate_sampler(run: Path, task: DictConfig, sampler: str, steps: int | None, rti: RTIConfig | None,
-                     episodes: int, latency_plans: int, latency_threads: int = 0) -> dict[str, Any]:
-    """Success and NFE/action over ``episodes`` (10 envs at a time); latency at batch 1 on ``latency_threads``
-    torch threads (0: torch's setting as it is), over whole episodes until ``latency_plans`` planning calls
-    are timed (an episode plans only 5 to 50 times, and two episodes' p50 moved by half between reruns)."""
+                     episodes: int) -> dict[str, Any]:
+    """Success and NFE/action of one sampler over ``episodes`` episodes, 10 envs at a time."""
     actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti, seed=1000)
     env = make_env(task, num_envs=min(10, episodes), seed=1000)
     t0 = time.perf_counter()
     result = evaluate(env, actor, episodes, seed=1000)
     seconds = time.perf_counter() - t0
-    nfe = actor.nfe_per_action
     env.close()
-    actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti, seed=5000)
-    single = make_env(task, num_envs=1, seed=5000)
+    return {"success": result.success_rate, "ci_low": result.success_ci95[0], "ci_high": result.success_ci95[1],
+            "nfe_per_action": actor.nfe_per_action, "eval_s": seconds}
+
+
+def time_samplers(actors: list[ChunkActor], task: DictConfig, latency_plans: int,
+                  latency_threads: int = 0) -> list[dict[str, float]]:
+    """Latency summaries at batch 1 on ``latency_threads`` torch threads (0: torch's setting as it is), over
+    whole single-env episodes until every actor has timed ``latency_plans`` planning calls (an episode plans
+    only 5 to 50 times, and two episodes' p50 moved by half between reruns).
+
+    The actors take turns, one episode each (every actor plays the episodes of seeds 5000, 5001, ...), so a
+    change of load on the machine during the measurement reaches every sampler alike and their latency
+    ratios stay comparable; timings on a shared 2-core machine move by up to 2x between runs."""
     threads = torch.get_num_threads()
     torch.set_num_threads(latency_threads or threads)
+    env = make_env(task, num_envs=1, seed=5000)
     try:
         seed = 5000
-        while actor.plans < latency_plans:
-            evaluate(single, actor, 1, seed=seed)
+        while any(actor.plans < latency_plans for actor in actors):
+            for actor in actors:
+                if actor.plans < latency_plans:
+                    evaluate(env, actor, 1, seed=seed)
             seed += 1
     finally:
         torch.set_num_threads(threads)
-        single.close()
-    timing = latency_summary(actor)
-    return {"success": result.success_rate, "ci_low": result.success_ci95[0], "ci_high": result.success_ci95[1],
-            "nfe_per_action": nfe, "p50_ms": timing["latency_ms_p50"], "p99_ms": timing["latency_ms_p99"],
-            "chunk_p50_ms": timing["chunk_ms_p50"], "chunk_p99_ms": timing["chunk_ms_p99"],
-            "timed_plans": timing["plans"], "eval_s": seconds}
+        env.close()
+    return [latency_summary(actor) for actor in actors]
 
 
 def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:
