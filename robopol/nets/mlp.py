@@ -41,3 +41,17 @@ class MLP(nn.Module):
             y = layer(x)
             x = x + y if self.residual and y.shape == x.shape else y
         return self.out(x)
+
+    def forward_from_first(self, h: torch.Tensor) -> torch.Tensor:
+        """``forward`` continued from the first hidden layer's linear output ``h = W x + b``, for callers that
+        compute it in parts (a share of the input fixed over many calls). Not for a skip connection around
+        the first layer, which needs the input itself."""
+        first, *rest = self.hidden
+        if self.residual and first[0].in_features == first[0].out_features:
+            raise ValueError("forward_from_first cannot add the skip connection around the first layer")
+        for module in list(first)[1:]:
+            h = module(h)
+        for layer in rest:
+            y = layer(h)
+            h = h + y if self.residual and y.shape == h.shape else y
+        return self.out(h)

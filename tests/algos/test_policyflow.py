@@ -40,6 +40,20 @@ def test_rollout_fields_and_the_ratio_of_an_unchanged_policy_is_one():
         torch.testing.assert_close(logp, out["logp"], rtol=0, atol=1e-6)  # log ratio 0: ratio exactly 1
 
 
+def test_flow_is_the_midpoint_integral_of_the_velocity_field():
+    torch.manual_seed(0)
+    policy = NoisyFlowPolicy(obs_dim=3, action_dim=2, hidden_dims=(16, 16), time_dim=8, flow_steps=3)
+    torch.nn.init.normal_(policy.net.out.weight, std=0.5)  # a non-trivial field
+    z, obs = torch.randn(5, 2), torch.randn(5, 3)
+    x, dt = z, 1 / 3
+    for i in range(3):  # by hand, one full velocity call per evaluation
+        t = torch.full((5,), i * dt)
+        half = x + 0.5 * dt * policy.velocity(x, t, obs)
+        x = x + dt * policy.velocity(half, t + 0.5 * dt, obs)
+    torch.testing.assert_close(policy.flow(z, obs), x)
+    assert (x - z).abs().max() > 0.1
+
+
 @pytest.mark.parametrize("advantage", [1.0, -1.0])
 def test_the_ratio_follows_the_advantage_after_a_step(advantage):
     algo = make_policyflow(epochs=1, minibatches=1, reward_norm=False, norm_advantages=False, lr=1e-3)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from robopol.nets.embeddings import LevelEmbedding, SinusoidalEmbedding, enable_level_cache
+from robopol.nets.mlp import MLP
 from robopol.nets.transformer import TransformerDenoiser
 from robopol.nets.unet import ConditionalUnet1D, FiLMResidualBlock
 from robopol.policies.base import MLPDenoiser
@@ -190,3 +191,17 @@ def test_mlp_denoiser_uses_chunk_level_and_condition():
     assert out.shape == (5, 3, 2)
     assert (net(x, level + 10, cond) - out).abs().max() > 1e-4
     assert (net(x, level, cond + 1) - out).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("layer_norm,residual", [(False, False), (True, True)])
+def test_mlp_forward_from_the_first_linear_output_is_forward(layer_norm, residual):
+    torch.manual_seed(0)
+    mlp = MLP(5, 3, [8, 8], layer_norm=layer_norm, residual=residual)
+    x = torch.randn(4, 5)
+    first = mlp.hidden[0][0]
+    # the first layer's sum split by input columns, as a caller that caches part of the input does
+    h = x[:, :2] @ first.weight[:, :2].t() + (x[:, 2:] @ first.weight[:, 2:].t() + first.bias)
+    torch.testing.assert_close(mlp.forward_from_first(h), mlp(x))
+    square = MLP(8, 3, [8], residual=True)
+    with pytest.raises(ValueError, match="skip connection around the first layer"):
+        square.forward_from_first(torch.zeros(1, 8))
