@@ -103,19 +103,18 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
         ("consistency_lcm", students["consistency_lcm"], "consistency", 1, None),
         ("consistency_lcm", students["consistency_lcm"], "consistency", 2, None),
     ]
-    rows = []
+    rows, samplers = [], []
     for model, run, sampler, sampler_steps, level in rows_spec:
         # RTI rows: the steps are the warm-started calls; the first call of an episode runs the full chain
         rti = RTIConfig(noise_level=level, steps=sampler_steps) if level is not None else None
-        row = evaluate_sampler(run, task, sampler, None if rti else sampler_steps, rti, episodes)
+        choice = {"sampler": sampler, "steps": None if rti else sampler_steps, "rti": rti}
+        row = evaluate_sampler(run, task, episodes, **choice)
         label = f"{sampler}-{sampler_steps}" + (f"@{level:.2f}" if rti else "")
         rows.append({"model": model, "sampler": label, **row})
+        samplers.append((run, choice))
         console.print(f"{model} {label}: success {100 * row['success']:.0f}% over {episodes} episodes, "
                       f"{row['nfe_per_action']:.2f} NFE/action ({row['eval_s']:.0f} s)")
-    actors = [load_actor(str(run), sampler=sampler, steps=None if level is not None else sampler_steps,
-                         rti=RTIConfig(noise_level=level, steps=sampler_steps) if level is not None else None,
-                         seed=5000)[0]
-              for _, run, sampler, sampler_steps, level in rows_spec]
+    actors = [load_actor(str(run), seed=5000, **choice)[0] for run, choice in samplers]
     for row, timing in zip(rows, time_samplers(actors, task, latency_plans, cfg.latency_threads), strict=True):
         row.update({"p50_ms": timing["latency_ms_p50"], "p99_ms": timing["latency_ms_p99"],
                     "chunk_p50_ms": timing["chunk_ms_p50"], "chunk_p99_ms": timing["chunk_ms_p99"],
@@ -133,8 +132,8 @@ def bench_inference(cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate_sampler(run: Path, task: DictConfig, sampler: str, steps: int | None, rti: RTIConfig | None,
-                     episodes: int) -> dict[str, Any]:
+def evaluate_sampler(run: Path, task: DictConfig, episodes: int, sampler: str, steps: int | None,
+                     rti: RTIConfig | None) -> dict[str, Any]:
     """Success and NFE/action of one sampler over ``episodes`` episodes, 10 envs at a time."""
     actor, _ = load_actor(str(run), sampler=sampler, steps=steps, rti=rti, seed=1000)
     env = make_env(task, num_envs=min(10, episodes), seed=1000)

@@ -87,8 +87,8 @@ class ConsistencyPolicy(nn.Module):
         x = torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
         for i in range(steps):
             level = self.head.level_at(1.0 - i / steps)
-            # one level for the whole batch: its scalings are two numbers (per-sample tensor arithmetic and
-            # the clean-level branch of ``consistency`` cost as much as a tenth of a one-step call at batch 1)
+            # one level for the whole batch: ``consistency`` with its scalings as two numbers (at batch 1 the
+            # per-sample tensor arithmetic is a visible share of a one-step call); at a clean level c_out = 0
             c_skip, c_out = boundary_scalings(float(self.head.noise_scale(level)))
             level = level.to(obs.device).expand(batch)
             if i > 0:

@@ -36,6 +36,8 @@ class NoisyFlowPolicy(nn.Module):
                              f"policy.horizon and policy.action_steps must be 1, got {obs_steps}, {horizon}, "
                              f"{action_steps}")
         check_steps("policy.flow_steps", flow_steps)
+        if not hidden_dims:
+            raise ValueError("policy.hidden_dims must list at least one width for the velocity MLP, got []")
         self.obs_dim, self.action_dim, self.flow_steps = obs_dim, action_dim, flow_steps
         self.obs_steps, self.horizon, self.action_steps = 1, 1, 1
         self.time_embed = SinusoidalEmbedding(time_dim, scale=self.TIME_SCALE)

@@ -131,3 +131,5 @@ def test_policyflow_settings_are_checked():
         make_policyflow(brownian_coef=-1.0)
     with pytest.raises(ValueError, match="policy.flow_steps must be a positive integer"):
         NoisyFlowPolicy(2, 1, flow_steps=0)
+    with pytest.raises(ValueError, match=r"policy.hidden_dims must list at least one width .* got \[\]"):
+        NoisyFlowPolicy(2, 1, hidden_dims=[])
