@@ -157,7 +157,7 @@ def isaaclab_rate(task: str, num_envs: int, seconds: float, seed: int = 0) -> di
 
 def plot_isaaclab(rows: list[dict[str, Any]], path: Path) -> None:
     """Env steps/s against the number of envs (log-log), with the MuJoCo pool as a horizontal line."""
-    from robopol.bench.report import pyplot
+    from robopol.bench.report import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -172,10 +172,7 @@ def plot_isaaclab(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="parallel envs", ylabel="env steps / s")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def bench_isaaclab(env_counts: list[int], seconds: float, reference: bool = True) -> list[dict[str, Any]]:
