@@ -175,15 +175,9 @@ class ChunkActor:
         # a policy made of several networks (DPPO's frozen and fine-tuned ones) lists them as ``nets``
         with count_calls(*getattr(self.policy, "nets", [getattr(self.policy, "net", self.policy)])) as calls:
             chunk_started = time.perf_counter()
-            shift = self.action_steps if shift is None else shift
-            if self.rti is not None and self._guess is not None and 0 < shift < self.horizon:
-                chunk = self.policy.refine(obs, self._warm_start_guess(shift), self.rti.noise_level, self.rti.steps)
-            else:
-                chunk = self.policy.sample(obs, **self._sample_kwargs)
+            chunk = self.sample_chunk(obs, self.action_steps if shift is None else shift)
             self.chunk_latencies.append(time.perf_counter() - chunk_started)
         self.nfe += calls[0]
-        if self.rti is not None:
-            self._guess = chunk
         if self.discrete_dims:
             chunk = chunk.clone()
             chunk[..., self.discrete_dims] = binarize(chunk[..., self.discrete_dims])
@@ -192,6 +186,19 @@ class ChunkActor:
         raw = self.normalizer.unnormalize(self.action_key, chunk).cpu().numpy()
         self.latencies.append(time.perf_counter() - started)
         return raw
+
+    @torch.no_grad()
+    def sample_chunk(self, obs: torch.Tensor, shift: int) -> torch.Tensor:
+        """Normalised observation features ``(N, To, D)`` -> normalised chunk ``(N, H, A)``: the RTI warm start
+        from the previous chunk moved ``shift`` steps when one is due, else the full sampler. Counts nothing
+        (``plan`` does); benchmarks call it to time sampling alone."""
+        if self.rti is not None and self._guess is not None and 0 < shift < self.horizon:
+            chunk = self.policy.refine(obs, self._warm_start_guess(shift), self.rti.noise_level, self.rti.steps)
+        else:
+            chunk = self.policy.sample(obs, **self._sample_kwargs)
+        if self.rti is not None:
+            self._guess = chunk
+        return chunk
 
     def _warm_start_guess(self, shift: int) -> torch.Tensor:
         """The previous clean chunk moved ``shift`` steps ahead, its last action repeated; clip-variant
@@ -214,6 +221,16 @@ def binarize(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values >= 0, 1.0, -1.0).to(values.dtype)
 
 
+def observation_windows(actor: ChunkActor, arrays: dict[str, np.ndarray], times: np.ndarray,
+                        first: np.ndarray) -> torch.Tensor:
+    """The actor's normalised observation features ``(N, To, D)`` at steps ``times`` of a store's ``arrays``:
+    each history of length To repeats its episode's first step ``first`` before the episode starts, as the
+    actor pads it at an episode start."""
+    index = np.maximum(times[:, None] + np.arange(-actor.obs_steps + 1, 1), first[:, None])
+    stacked = {key: torch.as_tensor(arrays[key][index]) for key in actor.obs_keys}
+    return obs_features(stacked, actor.obs_keys, actor.normalizer).float()
+
+
 def pick_rti_noise_level(actor: ChunkActor, store: EpisodeStore, pairs: int = 256, seed: int = 0) -> float:
     """RTI's entry level from data: the noise scale at which a shifted guess looks like a sample of the chain.
 
@@ -232,17 +249,12 @@ def pick_rti_noise_level(actor: ChunkActor, store: EpisodeStore, pairs: int = 25
     chosen = rng.choice([e for e in range(len(ends)) if ends[e] - starts[e] > k], size=pairs)
     times = np.array([rng.integers(starts[e], ends[e] - k) for e in chosen])
     arrays = store.load(actor.obs_keys)
-
-    def windows(t: np.ndarray) -> torch.Tensor:
-        # observation history of length To, repeating the episode's first step before it starts
-        index = np.maximum(t[:, None] + np.arange(-policy.obs_steps + 1, 1), starts[chosen][:, None])
-        stacked = {key: torch.as_tensor(arrays[key][index]) for key in actor.obs_keys}
-        return obs_features(stacked, actor.obs_keys, actor.normalizer).float()
-
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        now = policy.to_internal(policy.sample(windows(times), generator=generator))
-        later = policy.to_internal(policy.sample(windows(times + k), generator=generator))
+        now = policy.to_internal(policy.sample(observation_windows(actor, arrays, times, starts[chosen]),
+                                               generator=generator))
+        later = policy.to_internal(policy.sample(observation_windows(actor, arrays, times + k, starts[chosen]),
+                                                 generator=generator))
     guess = shift_chunk(now, k)
     ones = torch.ones(1, 1, 1)
     best, best_gap = 1.0, float("inf")

@@ -26,6 +26,7 @@ def test_bench_inference_trains_every_model_and_reports_each_sampler(tmp_path):
         assert 0 <= row["ci_low"] <= row["success"] <= row["ci_high"] <= 1
         assert 0 < row["p50_ms"] <= row["p99_ms"] and 0 < row["chunk_p50_ms"] <= row["chunk_p99_ms"]
         assert row["timed_plans"] >= 20  # quick runs time whole episodes until 20 planning calls
+        assert 0 < row["hot_chunk_p50_ms"] <= row["hot_chunk_p99_ms"]
     # receding execution of 4 actions per 8-step chunk: a 1-call sampler costs 1/4 per action (more when an
     # episode ends mid-chunk); RTI re-plans every step with at most 3 calls after its first full chain
     assert rows[("meanflow", "one_step-1")]["nfe_per_action"] < 0.5
@@ -90,3 +91,33 @@ def test_latency_episodes_take_turns_until_every_sampler_has_its_calls(monkeypat
     assert played == [("a", 5000), ("b", 5000), ("a", 5001), ("b", 5001), ("b", 5002)]
     assert summaries == [{"plans": 10}, {"plans": 6}]
     assert env.closed and torch.get_num_threads() == threads
+
+
+def test_back_to_back_timing_takes_turns_in_blocks_over_each_actors_windows():
+    from robopol.bench import inference
+
+    calls = []
+
+    class Actor:
+        action_steps = 3
+
+        def __init__(self, name: str) -> None:
+            self.name, self.resets = name, 0
+
+        def reset(self) -> None:
+            self.resets += 1
+
+        def sample_chunk(self, obs, shift):
+            calls.append((self.name, int(obs.item()), shift))
+
+    windows = [torch.arange(3.0).reshape(3, 1, 1), 10 + torch.arange(2.0).reshape(2, 1, 1)]
+    actors = [Actor("a"), Actor("b")]
+    threads = torch.get_num_threads()
+    summaries = inference.time_back_to_back(actors, windows, calls=5, latency_threads=1, block=2)
+    # blocks of 2 in turn; each actor cycles through its own windows at batch 1 and moves by its action steps
+    assert [(name, value) for name, value, _ in calls] == [
+        ("a", 0), ("a", 1), ("b", 10), ("b", 11), ("a", 2), ("a", 0), ("b", 10), ("b", 11), ("a", 1), ("b", 10)]
+    assert {shift for _, _, shift in calls} == {3}
+    assert [actor.resets for actor in actors] == [1, 1]
+    assert len(summaries) == 2 and all(0 <= s["p50_ms"] <= s["p99_ms"] for s in summaries)
+    assert torch.get_num_threads() == threads

@@ -15,6 +15,7 @@ from robopol.runtime import (
     binarize,
     count_calls,
     latency_summary,
+    observation_windows,
     pick_rti_noise_level,
     shift_chunk,
 )
@@ -196,3 +197,14 @@ def test_level_picker_grows_with_the_gap_between_a_shifted_guess_and_the_next_ch
 
     small, large = level(0.001), level(0.05)
     assert 0.0 < small < large <= 1.0
+
+
+def test_observation_windows_stack_the_history_and_repeat_the_episode_start():
+    policy = WarmStartPolicy()
+    policy.obs_steps = 3
+    actor = ChunkActor(policy, normalizer(), ["x"])
+    arrays = {"x": np.arange(20, dtype=np.float32)[:, None] * 10}  # two episodes: steps 0-9 and 10-19
+    windows = observation_windows(actor, arrays, np.array([1, 15, 10]), np.array([0, 10, 10]))
+    assert windows.shape == (3, 3, 1) and windows.dtype == torch.float32
+    expected = {"x": torch.tensor([[0.0, 0.0, 10.0], [130.0, 140.0, 150.0], [100.0, 100.0, 100.0]])[..., None]}
+    torch.testing.assert_close(windows, actor.normalizer.normalize("x", expected["x"]))
