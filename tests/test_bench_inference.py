@@ -121,3 +121,29 @@ def test_back_to_back_timing_takes_turns_in_blocks_over_each_actors_windows():
     assert [actor.resets for actor in actors] == [1, 1]
     assert len(summaries) == 2 and all(0 <= s["p50_ms"] <= s["p99_ms"] for s in summaries)
     assert torch.get_num_threads() == threads
+
+
+def test_demo_windows_come_from_store_steps_normalised_for_each_actor(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from robopol.bench import inference
+    from robopol.data.normalize import Normalizer
+    from robopol.data.store import EpisodeStore
+
+    store = EpisodeStore.create(str(tmp_path / "s.zarr"))
+    for start in (0, 100):  # step values identify the episode and step
+        steps = start + np.arange(5, dtype=np.float32)[:, None]
+        store.add_episode({"x": steps, "action": np.zeros((5, 1), np.float32)})
+    identity = Normalizer.fit({"x": np.array([[0.0], [1.0]], np.float32)}, {"x": "identity"})
+    scaled = Normalizer.fit({"x": np.array([[0.0], [104.0]], np.float32)}, {"x": "minmax"})
+    actors = [SimpleNamespace(obs_steps=2, obs_keys=["x"], normalizer=n) for n in (identity, scaled)]
+    raw, normed = inference.demo_windows(actors, store, count=50, seed=0)
+    assert raw.shape == normed.shape == (50, 2, 1)
+    values = set(raw[:, 1, 0].tolist())
+    assert values <= {*range(5), *range(100, 105)} and len(values) > 4  # random steps of both episodes
+    # the history holds the previous step, or repeats the first one at an episode start
+    previous, current = raw[:, 0, 0], raw[:, 1, 0]
+    assert bool(((current - previous == 1) | ((current == previous) & (current % 100 == 0))).all())
+    torch.testing.assert_close(normed, scaled.normalize("x", raw))

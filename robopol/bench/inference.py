@@ -189,9 +189,9 @@ def time_back_to_back(actors: list[ChunkActor], windows: list[torch.Tensor], cal
     its observation windows ``windows[i]`` ``(N, To, D)`` in turn, as a model's latency is usually quoted.
 
     Nothing runs between the calls, so the weights and the code stay in the CPU caches. In an episode the
-    simulator runs between planning calls and evicts them, and refilling them costs a one-call sampler
-    proportionally most (on cube-single task 1 flushing the caches between back-to-back calls took a
-    mean-flow call from 0.32 to 0.59 ms and a DDIM-10 chain from 4.1 to 4.3 ms). The actors take turns in
+    simulator runs between planning calls and the next call starts cold, which costs a one-call sampler
+    proportionally most (on cube-single task 1 filling the caches with other data between back-to-back calls
+    took a mean-flow call from 0.32 to 0.59 ms and a DDIM-10 chain from 4.1 to 4.3 ms). The actors take turns in
     blocks of ``block`` calls; each starts from a reset, so an RTI actor runs its full chain once and then
     warm-starts, moving its guess by its executed steps per call."""
     for actor in actors:
@@ -216,7 +216,7 @@ def demo_windows(actors: list[ChunkActor], store: EpisodeStore, count: int, seed
     starts = np.concatenate([[0], ends[:-1]])
     episodes = rng.integers(len(ends), size=count)
     steps = rng.integers(starts[episodes], ends[episodes])
-    arrays = store.load(actors[0].obs_keys)
+    arrays = store.load(sorted({key for actor in actors for key in actor.obs_keys}))
     return [observation_windows(actor, arrays, steps, starts[episodes]) for actor in actors]
 
 
