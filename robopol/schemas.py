@@ -663,7 +663,7 @@ class BenchCommand:
     isaaclab_envs: list[int] = field(default_factory=lambda: [4, 16, 64, 256, 1024])
     """sim: env counts of the Isaac Lab rows (quick: the first two)."""
     latency_plans: int = 300
-    """inference: planning calls timed at batch 1 per sampler (whole episodes, run until this many)."""
+    """inference: planning calls timed at batch 1 per sampler (whole episodes, run until this many), then as many back-to-back chunk samplings."""
     latency_threads: int = 1
     """inference: torch CPU threads while latency is measured (deploy's policy_threads default; 0 keeps torch's)."""
     train_steps: int = 15000
