@@ -72,7 +72,11 @@ def setup(device: str, timeout_s: float = 1800.0) -> tuple[Dist, torch.device]:
 
 
 def shutdown() -> None:
+    """Leave the process group, every rank together: the barrier lets each finish the last collective before
+    any tears down its connections (an evaluation under torchrun once crashed at exit, after its last
+    all-gather, with the ranks leaving at different times)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
