@@ -187,7 +187,6 @@ class ChunkActor:
         self.latencies.append(time.perf_counter() - started)
         return raw
 
-    @torch.no_grad()
     def sample_chunk(self, obs: torch.Tensor, shift: int) -> torch.Tensor:
         """Normalised observation features ``(N, To, D)`` -> normalised chunk ``(N, H, A)``: the RTI warm start
         from the previous chunk moved ``shift`` steps when one is due, else the full sampler. Counts nothing
@@ -243,8 +242,7 @@ def pick_rti_noise_level(actor: ChunkActor, store: EpisodeStore, pairs: int = 25
     """
     policy = actor.policy
     rng = np.random.default_rng(seed)
-    ends = store.episode_ends
-    starts = np.concatenate([[0], ends[:-1]])
+    ends, starts = store.episode_ends, store.episode_starts
     k = actor.action_steps
     chosen = rng.choice([e for e in range(len(ends)) if ends[e] - starts[e] > k], size=pairs)
     times = np.array([rng.integers(starts[e], ends[e] - k) for e in chosen])

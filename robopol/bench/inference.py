@@ -17,8 +17,6 @@ only evaluates. Writes ``inference_<task>.json`` and a plot of success against l
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from robopol.bench.report import pyplot, save_figure, write_report
+from robopol.bench.report import pyplot, save_figure, using_threads, write_report
 from robopol.checkpoint import load_checkpoint
 from robopol.data.store import EpisodeStore
 from robopol.errors import CheckpointError, ConfigError
@@ -171,7 +169,7 @@ def time_samplers(actors: list[ChunkActor], task: DictConfig, latency_plans: int
     ratios stay comparable; timings on a shared 2-core machine move by up to 2x between runs."""
     env = make_env(task, num_envs=1, seed=5000)
     try:
-        with torch_threads(latency_threads):
+        with using_threads(latency_threads):
             seed = 5000
             while any(actor.plans < latency_plans for actor in actors):
                 for actor in actors:
@@ -197,7 +195,7 @@ def time_back_to_back(actors: list[ChunkActor], windows: list[torch.Tensor], cal
     for actor in actors:
         actor.reset()
     times: list[list[float]] = [[] for _ in actors]
-    with torch_threads(latency_threads):
+    with using_threads(latency_threads):
         while any(len(timed) < calls for timed in times):
             for actor, obs, timed in zip(actors, windows, times, strict=True):
                 for _ in range(min(block, calls - len(timed))):
@@ -212,23 +210,11 @@ def time_back_to_back(actors: list[ChunkActor], windows: list[torch.Tensor], cal
 def demo_windows(actors: list[ChunkActor], store: EpisodeStore, count: int, seed: int = 0) -> list[torch.Tensor]:
     """``count`` observation windows at random steps of the store's episodes, normalised for each actor."""
     rng = np.random.default_rng(seed)
-    ends = store.episode_ends
-    starts = np.concatenate([[0], ends[:-1]])
+    starts, ends = store.episode_starts, store.episode_ends
     episodes = rng.integers(len(ends), size=count)
     steps = rng.integers(starts[episodes], ends[episodes])
     arrays = store.load(sorted({key for actor in actors for key in actor.obs_keys}))
     return [observation_windows(actor, arrays, steps, starts[episodes]) for actor in actors]
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block on ``threads`` torch CPU threads (0: leave torch's setting as it is), then restore it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def plot_inference(rows: list[dict[str, Any]], out: Path, task: str) -> Path:

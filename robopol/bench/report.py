@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,17 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+@contextmanager
+def using_threads(threads: int) -> Iterator[None]:
+    """Run the block on ``threads`` torch CPU threads (0: leave torch's setting as it is), then restore it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def write_report(name: str, rows: Sequence[dict[str, Any]], out_dir: str | Path, notes: str = "") -> Path:

@@ -100,9 +100,8 @@ def bench_data(
     torch_threads: int = 2,
 ) -> list[dict[str, Any]]:
     """Measure windows/s for each sampling path and write ``out_dir/data.json``; returns the rows."""
-    import torch
 
-    from robopol.bench.report import write_report
+    from robopol.bench.report import using_threads, write_report
 
     data, ends = synthetic_store(n_steps, obs_dim, action_dim)
     imitation = WindowConfig(obs_keys=("obs",), obs_steps=obs_steps, horizon=horizon)
@@ -112,14 +111,10 @@ def bench_data(
         p_current=0.2, p_future=0.5, p_random=0.3,
     )  # fmt: skip
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(torch_threads)
-    try:
+    with using_threads(torch_threads):
         train_step, net_desc = _train_step_fn(obs_dim, obs_steps, action_dim, horizon)
         fixed = WindowSampler(data, ends, imitation, seed=1).sample(batch_size)
         train_s, _ = _rate(lambda: train_step(fixed), seconds)
-    finally:
-        torch.set_num_threads(threads)
 
     rows: list[dict[str, Any]] = []
 

@@ -515,6 +515,11 @@ class EpisodeStore:
         return np.diff(self._ends, prepend=0)
 
     @property
+    def episode_starts(self) -> np.ndarray:
+        """First step index of each episode in the concatenated arrays."""
+        return self._ends - self.episode_lengths
+
+    @property
     def attrs(self) -> dict[str, Any]:
         """User attributes of the root group (provenance, env args), without the commit record."""
         return {k: v for k, v in self._group.attrs.asdict().items() if k != RECORD_KEY}

@@ -172,7 +172,7 @@ def train(cfg: DictConfig, run_root: str | Path, overrides: list[str] | None = N
     if ckpt is not None or teacher_ckpt is not None:  # the statistics the weights were trained with
         normalizer = Normalizer.from_state(*(ckpt or teacher_ckpt).normalizer())
     else:
-        starts = np.concatenate([[0], store.episode_ends[:-1]])
+        starts = store.episode_starts
         train_steps = np.concatenate([np.arange(starts[e], store.episode_ends[e]) for e in train_eps])
         normalizer = Normalizer.fit({k: arrays[k][train_steps] for k in [*obs_keys, ACTION_KEY]},
                                     modes={k: "minmax" for k in [*obs_keys, ACTION_KEY]})

@@ -88,6 +88,7 @@ def test_roundtrip_local(tmp_path):
     assert reader.n_steps == sum(lengths)
     np.testing.assert_array_equal(reader.episode_lengths, lengths)
     np.testing.assert_array_equal(reader.episode_ends, np.cumsum(lengths))
+    np.testing.assert_array_equal(reader.episode_starts, np.cumsum([0, *lengths[:-1]]))
     assert reader.episode_ends.dtype == np.int64
     assert_episodes_equal(reader, 6)
     ep = reader.get_episode(-1)
