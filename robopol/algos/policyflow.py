@@ -5,7 +5,7 @@ The policy (:class:`robopol.policies.noisy_flow.NoisyFlowPolicy`) acts by ``a = 
 a Gaussian likelihood ratio depends only on how far the endpoint moved, and PolicyFlow approximates that
 shift by the change of the velocity field along the rollout's own interpolation path:
 
-- **Rollout** (:meth:`PolicyFlow.act`, the only place the ODE runs): ``z ~ N(0, I)``, the endpoint
+- **Rollout** (:meth:`PolicyFlow.act`, the only place the ODE runs): ``z ~ N(0, prior_std^2 I)``, the endpoint
   ``phi_hat_1(z)`` of the current network, the pre-clip noise ``n ~ N(0, sigma^2)``, ``a = endpoint + n``,
   and ``log N(n; 0, sigma_old)``.
 - **Ratio** (:func:`policy_log_density`): one ``t`` per sample from the grid of the ``2K + 1`` step ends and
@@ -75,7 +75,7 @@ class PolicyFlow(PPO):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = torch.randn(obs.shape[0], self.policy.action_dim)
+        z = self.policy.draw_z(obs.shape[0], like=obs)
         endpoint = self.policy.flow(z, obs)
         std = self.policy.log_std.exp().expand_as(endpoint)
         noise = torch.randn_like(endpoint) * std

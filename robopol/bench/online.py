@@ -46,12 +46,12 @@ console = Console(soft_wrap=True)
 # Per method: its policy and algorithm. The generative policies get networks sized for a CPU budget: the flow
 # as wide as the Gaussian actor (64 x 64; the port's 3 x 256 costs 2.3x PPO's wall-clock per iteration),
 # the diffusion MLP 3 x 256 (with DPPO's 3 x 512 a Hopper iteration took 6.3 s). Larger: an extra= override.
-# PolicyFlow's noise starts at std e (the port: 1). Only that noise carries the credit for exploring (the
-# ratio sees the endpoint as given), so the z-spread the identity flow starts with is exploration without
-# credit; on Hopper (seed 0, 40 iterations) log std 0 / 0.5 / 1 / 1.5 ended at returns 318 / 390 / 450 / 491.
+# PolicyFlow's flow input z has std 0.1 (the port: 1). Only the Gaussian noise carries the credit for exploring
+# (the ratio sees the endpoint as given), so the z-spread the identity flow starts with is exploration without
+# credit, which the flow is slow to shrink (docs/online-rl.md, "Prior scale").
 RECIPES: dict[str, list[str]] = {
     "ppo": ["algo=ppo", "policy=gaussian"],
-    "policyflow": ["algo=policyflow", "policy=noisy_flow", "policy.hidden_dims=[64,64]", "policy.init_log_std=1.0"],
+    "policyflow": ["algo=policyflow", "policy=noisy_flow", "policy.hidden_dims=[64,64]", "policy.prior_std=0.1"],
     # from scratch: DPPO's gym rates (its defaults are robomimic's, for fine-tuning a BC policy)
     "dppo": ["algo=dppo", "policy=diffusion_mlp", "policy.horizon=1", "policy.action_steps=1", "policy.obs_steps=1",
              "policy.hidden_dims=[256,256,256]", "algo.lr=1e-4", "algo.critic_warmup=0"],

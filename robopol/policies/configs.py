@@ -53,6 +53,8 @@ class NoisyFlowPolicyConfig(PolicyConfig):
     """Midpoint steps of the ODE from z to the action (K)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian noise (normalised action units)."""
+    prior_std: float = 1.0
+    """Std of the flow's input noise z (PolicyFlow: 1, the action box's half-width)."""
 
 
 @dataclass

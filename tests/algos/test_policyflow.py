@@ -40,6 +40,21 @@ def test_rollout_fields_and_the_ratio_of_an_unchanged_policy_is_one():
         torch.testing.assert_close(logp, out["logp"], rtol=0, atol=1e-6)  # log ratio 0: ratio exactly 1
 
 
+def test_prior_std_scales_the_flow_input_and_so_the_initial_policy():
+    policy = NoisyFlowPolicy(obs_dim=2, action_dim=3, hidden_dims=(16,), time_dim=8, flow_steps=2, prior_std=0.2)
+    torch.manual_seed(0)
+    z = policy.draw_z(20_000)
+    assert z.shape == (20_000, 3)
+    torch.testing.assert_close(z.std(0), torch.full((3,), 0.2), rtol=0.03, atol=0)
+    # the zero-initialised flow is the identity, so both the rollout and deployment draw N(0, 0.2^2)
+    algo = PolicyFlow(policy, total_steps=1, num_envs=2, rollout_steps=2, minibatches=1, critic_hidden_dims=(8,))
+    out = algo.act(torch.zeros(20_000, 2))
+    torch.testing.assert_close(out["endpoint"], out["z"])
+    torch.testing.assert_close(out["z"].std(0), torch.full((3,), 0.2), rtol=0.03, atol=0)
+    sampled = policy.sample(torch.zeros(20_000, 1, 2))
+    torch.testing.assert_close(sampled.std((0, 1)), torch.full((3,), 0.2), rtol=0.03, atol=0)
+
+
 def test_flow_is_the_midpoint_integral_of_the_velocity_field():
     torch.manual_seed(0)
     policy = NoisyFlowPolicy(obs_dim=3, action_dim=2, hidden_dims=(16, 16), time_dim=8, flow_steps=3)
@@ -133,3 +148,6 @@ def test_policyflow_settings_are_checked():
         NoisyFlowPolicy(2, 1, flow_steps=0)
     with pytest.raises(ValueError, match=r"policy.hidden_dims must list at least one width .* got \[\]"):
         NoisyFlowPolicy(2, 1, hidden_dims=[])
+    for bad in (0.0, -0.5):
+        with pytest.raises(ValueError, match=f"policy.prior_std must be positive .* got {bad}"):
+            NoisyFlowPolicy(2, 1, prior_std=bad)
