@@ -75,7 +75,7 @@ class PolicyFlow(PPO):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.policy.draw_z(obs.shape[0], like=obs)
+        z = self.policy.draw_z(obs)
         endpoint = self.policy.flow(z, obs)
         std = self.policy.log_std.exp().expand_as(endpoint)
         noise = torch.randn_like(endpoint) * std

@@ -100,7 +100,6 @@ def bench_data(
     torch_threads: int = 2,
 ) -> list[dict[str, Any]]:
     """Measure windows/s for each sampling path and write ``out_dir/data.json``; returns the rows."""
-
     from robopol.bench.report import using_threads, write_report
 
     data, ends = synthetic_store(n_steps, obs_dim, action_dim)

@@ -78,13 +78,12 @@ class NoisyFlowPolicy(nn.Module):
             x = x + dt * self.net.forward_from_first(torch.addmm(fixed[2 * i + 1], half, w_action))
         return x
 
-    def draw_z(self, batch: int, generator: torch.Generator | None = None, like: torch.Tensor | None = None,
-               ) -> torch.Tensor:
-        """``batch`` draws of the flow's input noise ``z ~ N(0, prior_std^2 I)``, (batch, action_dim)."""
-        kw = {} if like is None else {"device": like.device, "dtype": like.dtype}
-        return self.prior_std * torch.randn((batch, self.action_dim), generator=generator, **kw)
+    def draw_z(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw of the flow's input noise ``z ~ N(0, prior_std^2 I)`` per observation: (B, action_dim)."""
+        shape = (obs.shape[0], self.action_dim)
+        return self.prior_std * torch.randn(shape, generator=generator, device=obs.device, dtype=obs.dtype)
 
     @torch.no_grad()
     def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``obs`` (B, 1, obs_dim) normalised -> the flow endpoint of a drawn z, as (B, 1, action_dim)."""
-        return self.flow(self.draw_z(obs.shape[0], generator, like=obs), obs.flatten(1)).unsqueeze(1)
+        return self.flow(self.draw_z(obs, generator), obs.flatten(1)).unsqueeze(1)

@@ -43,7 +43,7 @@ def test_rollout_fields_and_the_ratio_of_an_unchanged_policy_is_one():
 def test_prior_std_scales_the_flow_input_and_so_the_initial_policy():
     policy = NoisyFlowPolicy(obs_dim=2, action_dim=3, hidden_dims=(16,), time_dim=8, flow_steps=2, prior_std=0.2)
     torch.manual_seed(0)
-    z = policy.draw_z(20_000)
+    z = policy.draw_z(torch.zeros(20_000, 2))
     assert z.shape == (20_000, 3)
     torch.testing.assert_close(z.std(0), torch.full((3,), 0.2), rtol=0.03, atol=0)
     # the zero-initialised flow is the identity, so both the rollout and deployment draw N(0, 0.2^2)
