@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from robopol.bench.online import kept_modes
+from robopol.bench.online import heading_share, kept_modes
 
 
 @pytest.mark.slow
@@ -34,10 +34,14 @@ def test_bench_online_trains_each_method_and_counts_goals(tmp_path):
         assert len(counts) == 1 and len(counts[0]) == 7 and sum(counts[0]) == 12  # 6 goals, then misses
         assert rows[("multigoal", method)]["success"] == pytest.approx(1 - counts[0][-1] / 12)
         assert json.loads(rows[("multigoal", method)]["modes_per_seed"]) == [kept_modes(np.array(counts[0]))]
+        assert 0 <= rows[("multigoal", method)]["heading"] <= 1
     assert (out / "online.png").stat().st_size > 1000
+    assert (out / "online_coverage.png").stat().st_size > 1000
+    coverage = (out / "online_coverage.json").read_text()
     before = (out / "online" / "point_reach" / "ppo" / "seed0" / "metrics.jsonl").read_text()
     run_cli(*args, cwd=tmp_path, check=True)  # a second invocation reuses every run
     assert (out / "online" / "point_reach" / "ppo" / "seed0" / "metrics.jsonl").read_text() == before
+    assert (out / "online_coverage.json").read_text() == coverage  # the policies' draws are seeded
 
 
 def test_kept_modes_counts_goals_reached_in_five_percent_of_the_episodes():
@@ -45,6 +49,15 @@ def test_kept_modes_counts_goals_reached_in_five_percent_of_the_episodes():
     assert kept_modes(np.array([90, 5, 4, 1, 0, 0, 0])) == 2  # 5 of 100 is 5%, 4 is not
     assert kept_modes(np.array([50, 50, 50, 50, 50, 50, 0])) == 6
     assert kept_modes(np.array([4, 4, 4, 4, 4, 4, 76])) == 0  # misses count in the total, never as a mode
+
+
+def test_heading_share_counts_actions_closest_to_the_goals_direction():
+    goals = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    actions = np.array([[1.0, 0.2], [0.5, -0.4], [0.1, 1.0], [-1.0, -0.9], [0.3, -1.0]])
+    assert heading_share(actions, goals, 0) == pytest.approx(2 / 5)  # the first two: closest to +x
+    assert heading_share(actions, goals, 1) == pytest.approx(1 / 5)
+    assert heading_share(actions, goals, 2) == pytest.approx(1 / 5)
+    assert heading_share(2 * actions, 3 * goals, 3) == pytest.approx(1 / 5)  # directions only, not lengths
 
 
 def test_bench_online_bad_inputs(tmp_path):

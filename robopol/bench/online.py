@@ -14,7 +14,9 @@ seeds. Each part writes its own table and JSON: ``online``, ``online_coverage`` 
 
 With ``coverage=true`` every method also trains on ``task=multigoal`` (6 equally good goals around the
 start) and ``coverage_episodes`` episodes of its *stochastic* policy (the rollout sampler) are counted by the
-goal they reach (or as misses); ``modes`` counts the goals reached in at least 5% of the episodes.
+goal they reach (or as misses); ``modes`` counts the goals reached in at least 5% of the episodes, and
+``heading`` whether the policy acts on its position (:class:`Coverage`). The draws are seeded;
+``online_coverage.png`` shows each method's first-seed paths.
 
 With ``init=<BC run>`` (a diffusion policy), DPPO also fine-tunes that checkpoint on its own task for
 ``finetune_iterations`` iterations per seed; the table gives the BC policy's success and the fine-tuned one's on
@@ -28,6 +30,7 @@ and ``jobs=N`` trains N runs side by side (see ``robopol bench offline``). Budge
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,10 @@ RECIPES: dict[str, list[str]] = {
 COVERAGE_TASK = "multigoal"
 MODE_SHARE = 0.05
 """A goal counts as a kept mode when at least this share of the episodes reaches it."""
+HEADING_RADIUS = 0.3
+"""Where on each goal's ray the heading share is measured, as a fraction of the way to the goal."""
+HEADING_DRAWS = 10
+"""Batches of actions (one per env) drawn at each of those points."""
 
 
 def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -112,18 +119,23 @@ def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
             f"return_gap_pct and time_vs_ppo against ppo on the same task"))
         plot_online(runs, cfg.tasks, Path(cfg.out_dir) / "online.png")
     if cfg.coverage:
-        coverage = []
+        coverage, first_seeds = [], {}
         for method in cfg.methods:
-            counts = [goal_counts(run, cfg.coverage_episodes, seed=20_000 + i)
-                      for i, run in enumerate(runs[(COVERAGE_TASK, method)])]
+            results = [coverage_rollouts(run, cfg.coverage_episodes, seed=20_000 + i)
+                       for i, run in enumerate(runs[(COVERAGE_TASK, method)])]
+            counts = [r.counts for r in results]
+            first_seeds[method] = results[0]
             coverage.append({"task": COVERAGE_TASK, "method": method, "seeds": len(counts),
                              "modes_per_seed": json.dumps([kept_modes(c) for c in counts]),
                              "success": float(np.mean([1 - c[-1] / c.sum() for c in counts])),
+                             "heading": float(np.mean([r.heading for r in results])),
                              "goal_counts": json.dumps([c.tolist() for c in counts])})
         write_report("online_coverage", coverage, cfg.out_dir, notes=(
             f"{cfg.iterations} iterations on {COVERAGE_TASK} per run; {cfg.coverage_episodes} episodes of the "
             f"stochastic rollout policy per seed, counted by the goal reached (last count: none); modes = goals "
-            f"reached in >= {MODE_SHARE:.0%} of the episodes"))
+            f"reached in >= {MODE_SHARE:.0%} of the episodes; heading = share of the actions drawn "
+            f"{HEADING_RADIUS:.0%} of the way out along each goal's ray that head for that goal"))
+        plot_coverage(first_seeds, Path(cfg.out_dir) / "online_coverage.png")
         rows += coverage
     if finetune:
         row = finetune_row(cfg, [run for run, _ in finetune.values()], list(finetune))
@@ -210,10 +222,28 @@ def summarise(runs: dict[tuple[str, str], list[Path]], tasks: list[str]) -> list
     return rows
 
 
+@dataclass
+class Coverage:
+    """One multi-goal run's stochastic rollouts: goals reached, paths, and how state-dependent it acts."""
+
+    counts: np.ndarray
+    """Episodes per goal reached; the last entry counts the episodes that reached none."""
+    paths: list[np.ndarray]
+    """Positions (steps + 1, 2) of the first batch of episodes, each up to its end."""
+    goals: np.ndarray
+    """The task's goals (G, 2) around the start at the origin."""
+    tolerance: float
+    """The distance to a goal that counts as reaching it."""
+    heading: float
+    """Share of the actions drawn on each goal's ray, ``HEADING_RADIUS`` of the way out, that head for that
+    goal, averaged over goals: near 1 for a policy that keeps to the side it is on, about 1 / goals for one
+    that acts the same everywhere."""
+
+
 @torch.no_grad()
-def goal_counts(run: Path, episodes: int, seed: int) -> np.ndarray:
+def coverage_rollouts(run: Path, episodes: int, seed: int) -> Coverage:
     """Episodes of the run's stochastic rollout policy on the multi-goal task, counted by the goal they
-    reached; the last entry counts the episodes that reached none."""
+    reached, with the paths of the first batch and the heading share (:class:`Coverage`)."""
     from robopol.checkpoint import load_checkpoint
     from robopol.tasks import make_env
     from robopol.train.online import ACTION_KEY, flat_obs, policy_normalizer
@@ -222,37 +252,81 @@ def goal_counts(run: Path, episodes: int, seed: int) -> np.ndarray:
     ckpt = load_checkpoint(run)
     cfg = ckpt.config
     env = make_env(cfg.task, num_envs=min(episodes, 50), seed=seed)
-    try:
-        obs_keys = sorted(env.spec.observation)
-        policy = build(cfg.policy, "policy", obs_dim=ckpt.manifest["obs_dim"], action_dim=ckpt.manifest["action_dim"])
-        algo = build(cfg.algo, "algo", policy=policy, total_steps=cfg.trainer.steps)
-        ckpt.load_modules(algo.modules())
-        normalizer = policy_normalizer(algo, env.spec, obs_keys)
-        missed = len(env.goals)
-        counts = np.zeros(missed + 1, dtype=np.int64)
-        batch = 0
-        while counts.sum() < episodes:
-            obs = env.reset(seed=seed + batch * env.num_envs)
-            done = np.zeros(env.num_envs, dtype=bool)
-            final = np.full(env.num_envs, missed, dtype=np.int64)
-            while not done.all():
+    # seeded draws: the same run gives the same counts, and the caller's random stream is left as it was
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        try:
+            obs_keys = sorted(env.spec.observation)
+            policy = build(cfg.policy, "policy", obs_dim=ckpt.manifest["obs_dim"],
+                           action_dim=ckpt.manifest["action_dim"])
+            algo = build(cfg.algo, "algo", policy=policy, total_steps=cfg.trainer.steps)
+            ckpt.load_modules(algo.modules())
+            normalizer = policy_normalizer(algo, env.spec, obs_keys)
+
+            def actions(obs: dict[str, np.ndarray]) -> np.ndarray:
                 action = algo.act(algo.normalize_obs(flat_obs(obs, obs_keys)))["action"].clamp(-1, 1).double()
-                result = env.step(normalizer.unnormalize(ACTION_KEY, action).numpy())
-                reached = result.success & ~done
-                final[reached] = env.nearest_goal(result.obs["pos"][reached])
-                done |= result.terminated | result.truncated
-                obs = result.obs
-            take = min(env.num_envs, episodes - int(counts.sum()))
-            counts += np.bincount(final[:take], minlength=len(counts))
-            batch += 1
-    finally:
-        env.close()
-    return counts
+                return normalizer.unnormalize(ACTION_KEY, action).numpy()
+
+            missed = len(env.goals)
+            counts = np.zeros(missed + 1, dtype=np.int64)
+            paths: list[np.ndarray] = []
+            batch = 0
+            while counts.sum() < episodes:
+                obs = env.reset(seed=seed + batch * env.num_envs)
+                done = np.zeros(env.num_envs, dtype=bool)
+                final = np.full(env.num_envs, missed, dtype=np.int64)
+                positions, steps = [obs["pos"]], np.zeros(env.num_envs, dtype=np.int64)
+                while not done.all():
+                    result = env.step(actions(obs))
+                    reached = result.success & ~done
+                    final[reached] = env.nearest_goal(result.obs["pos"][reached])
+                    steps[~done] += 1
+                    done |= result.terminated | result.truncated
+                    obs = result.obs
+                    positions.append(obs["pos"])
+                take = min(env.num_envs, episodes - int(counts.sum()))
+                counts += np.bincount(final[:take], minlength=len(counts))
+                if batch == 0:
+                    paths = [np.stack(positions)[: steps[i] + 1, i] for i in range(take)]
+                batch += 1
+            heading = []
+            for k, goal in enumerate(env.goals):
+                on_ray = {"pos": np.repeat(HEADING_RADIUS * goal[None].astype(np.float32), env.num_envs, axis=0)}
+                drawn = np.concatenate([actions(on_ray) for _ in range(HEADING_DRAWS)])
+                heading.append(heading_share(drawn, env.goals, k))
+            return Coverage(counts, paths, env.goals, env.goal_tolerance, float(np.mean(heading)))
+        finally:
+            env.close()
+
+
+def heading_share(actions: np.ndarray, goals: np.ndarray, goal: int) -> float:
+    """Share of ``actions`` (N, 2) whose direction is closest to that of ``goals[goal]`` (goals: (G, 2) around
+    the origin, the start)."""
+    unit = goals / np.linalg.norm(goals, axis=1, keepdims=True)
+    return float(((actions @ unit.T).argmax(axis=1) == goal).mean())
 
 
 def kept_modes(counts: np.ndarray) -> int:
     """Goals reached in at least ``MODE_SHARE`` of all episodes (``counts``: per goal, then the misses)."""
     return int((counts[:-1] >= MODE_SHARE * counts.sum()).sum())
+
+
+def plot_coverage(results: dict[str, Coverage], out: Path) -> Path:
+    """One panel per method: the paths of its first seed's stochastic episodes on the multi-goal task."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 4.3), squeeze=False)
+    for ax, (method, result) in zip(axes[0], results.items(), strict=True):
+        for path in result.paths:
+            ax.plot(path[:, 0], path[:, 1], lw=0.7, alpha=0.6)
+        for goal in result.goals:
+            ax.add_patch(plt.Circle(tuple(goal), result.tolerance, color="k", fill=False))
+        ax.plot(0, 0, "k+")
+        reach = 1.1 * max(np.abs(result.goals).max(), *(np.abs(path).max() for path in result.paths))
+        ax.set(xlim=(-reach, reach), ylim=(-reach, reach), aspect="equal", xticks=[], yticks=[])
+        ax.set_title(f"{method} (first seed): {kept_modes(result.counts)} of {len(result.goals)} goals kept\n"
+                     f"{1 - result.counts[-1] / result.counts.sum():.0%} reached, heading {result.heading:.2f}",
+                     fontsize=9)
+    return save_figure(fig, out)
 
 
 def plot_online(runs: dict[tuple[str, str], list[Path]], tasks: list[str], out: Path) -> Path | None:
