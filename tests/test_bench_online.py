@@ -63,6 +63,8 @@ def test_heading_share_counts_actions_closest_to_the_goals_direction():
 def test_bench_online_bad_inputs(tmp_path):
     proc = run_cli("bench", "online", "methods=[ppo,sac]", cwd=tmp_path)
     assert proc.returncode != 0 and "unknown methods ['sac']; available: ppo, policyflow, dppo" in proc.stderr
+    proc = run_cli("bench", "online", "methods=[]", cwd=tmp_path)
+    assert proc.returncode != 0 and "methods is empty; name at least one of ppo, policyflow, dppo" in proc.stderr
     proc = run_cli("bench", "online", "iterations=0", cwd=tmp_path)
     assert proc.returncode != 0 and "iterations must be at least 1, got 0" in proc.stderr
 

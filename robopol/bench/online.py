@@ -73,6 +73,8 @@ def bench_online(cfg: DictConfig) -> list[dict[str, Any]]:
     from robopol.cli.app import compose
     from robopol.train.trainer import train
 
+    if not cfg.methods:
+        raise ConfigError(f"methods is empty; name at least one of {', '.join(RECIPES)}")
     unknown = [m for m in cfg.methods if m not in RECIPES]
     if unknown:
         raise ConfigError(f"unknown methods {unknown}; available: {', '.join(RECIPES)}")
