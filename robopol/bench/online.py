@@ -30,6 +30,7 @@ and ``jobs=N`` trains N runs side by side (see ``robopol bench offline``). Budge
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,28 +270,7 @@ def coverage_rollouts(run: Path, episodes: int, seed: int) -> Coverage:
                 action = algo.act(algo.normalize_obs(flat_obs(obs, obs_keys)))["action"].clamp(-1, 1).double()
                 return normalizer.unnormalize(ACTION_KEY, action).numpy()
 
-            missed = len(env.goals)
-            counts = np.zeros(missed + 1, dtype=np.int64)
-            paths: list[np.ndarray] = []
-            batch = 0
-            while counts.sum() < episodes:
-                obs = env.reset(seed=seed + batch * env.num_envs)
-                done = np.zeros(env.num_envs, dtype=bool)
-                final = np.full(env.num_envs, missed, dtype=np.int64)
-                positions, steps = [obs["pos"]], np.zeros(env.num_envs, dtype=np.int64)
-                while not done.all():
-                    result = env.step(actions(obs))
-                    reached = result.success & ~done
-                    final[reached] = env.nearest_goal(result.obs["pos"][reached])
-                    steps[~done] += 1
-                    done |= result.terminated | result.truncated
-                    obs = result.obs
-                    positions.append(obs["pos"])
-                take = min(env.num_envs, episodes - int(counts.sum()))
-                counts += np.bincount(final[:take], minlength=len(counts))
-                if batch == 0:
-                    paths = [np.stack(positions)[: steps[i] + 1, i] for i in range(take)]
-                batch += 1
+            counts, paths = _goal_episodes(env, actions, episodes, seed)
             heading = []
             for k, goal in enumerate(env.goals):
                 on_ray = {"pos": np.repeat(HEADING_RADIUS * goal[None].astype(np.float32), env.num_envs, axis=0)}
@@ -299,6 +279,35 @@ def coverage_rollouts(run: Path, episodes: int, seed: int) -> Coverage:
             return Coverage(counts, paths, env.goals, env.goal_tolerance, float(np.mean(heading)))
         finally:
             env.close()
+
+
+def _goal_episodes(env: Any, actions: Callable[[dict[str, np.ndarray]], np.ndarray], episodes: int,
+                   seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``episodes`` episodes of ``actions`` on the multi-goal ``env``: per goal reached, then the misses, and
+    the paths of the first batch (see :class:`Coverage`)."""
+    missed = len(env.goals)
+    counts = np.zeros(missed + 1, dtype=np.int64)
+    paths: list[np.ndarray] = []
+    batch = 0
+    while counts.sum() < episodes:
+        obs = env.reset(seed=seed + batch * env.num_envs)
+        done = np.zeros(env.num_envs, dtype=bool)
+        final = np.full(env.num_envs, missed, dtype=np.int64)
+        positions, steps = [obs["pos"]], np.zeros(env.num_envs, dtype=np.int64)
+        while not done.all():
+            result = env.step(actions(obs))
+            reached = result.success & ~done
+            final[reached] = env.nearest_goal(result.obs["pos"][reached])
+            steps[~done] += 1
+            done |= result.terminated | result.truncated
+            obs = result.obs
+            positions.append(obs["pos"])
+        take = min(env.num_envs, episodes - int(counts.sum()))
+        counts += np.bincount(final[:take], minlength=len(counts))
+        if batch == 0:
+            paths = [np.stack(positions)[: steps[i] + 1, i] for i in range(take)]
+        batch += 1
+    return counts, paths
 
 
 def heading_share(actions: np.ndarray, goals: np.ndarray, goal: int) -> float:
